@@ -1,0 +1,121 @@
+"""The `gate-agent` command: a thin click layer over the agent library."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from agent import __version__
+from agent import config as configmod
+
+EXIT_USAGE = 2
+
+
+class UserError(click.ClickException):
+    """A mistake the user can fix: one line on stderr, exit code 2, no traceback."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file=None):
+        click.echo(f"gate-agent: {self.message}", err=True)
+
+
+def load_config(ctx: click.Context, check_files: bool = True) -> configmod.Config:
+    try:
+        return configmod.load(ctx.obj["config_path"], check_files=check_files)
+    except configmod.ConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              envvar="GATE_AGENT_CONFIG", default=str(configmod.DEFAULT_PATH), show_default=True,
+              help="Config file (TOML).")
+@click.version_option(__version__, prog_name="gate-agent")
+@click.pass_context
+def cli(ctx, config_path):
+    """gate-agent: the gate's card readers, plate camera, barrier, one-key alarm,
+    and their records, kept locally and sent to the police-side platform.
+
+    \b
+    Example:
+      gate-agent --config /etc/gate-agent/config.toml status
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_path
+
+
+@cli.group("config")
+def config_group():
+    """Check or write configuration files.
+
+    \b
+    Example:
+      gate-agent config example > config.toml && gate-agent config check config.toml
+    """
+
+
+@config_group.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--no-files", is_flag=True, help="Don't require the key and certificate files to exist.")
+@click.pass_context
+def config_check(ctx, file, no_files):
+    """Validate a config file without starting anything.
+
+    Prints one line per problem (key, bad value, what is allowed) and exits 2,
+    or prints a summary and exits 0.
+
+    \b
+    Example:
+      gate-agent config check /etc/gate-agent/config.toml
+    """
+    path = file or ctx.obj["config_path"]
+    try:
+        cfg = configmod.load(path, check_files=not no_files)
+    except configmod.ConfigError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(f"{path}: ok: device {cfg.device.id} at site {cfg.device.site}, "
+               f"{len(cfg.lanes)} lane(s), {len(cfg.alarm.buttons)} alarm button(s), "
+               f"{len(cfg.readers)} reader(s)")
+
+
+@config_group.command("example")
+def config_example():
+    """Print a complete, commented example config.
+
+    \b
+    Example:
+      gate-agent config example > /etc/gate-agent/config.toml
+    """
+    click.echo(configmod.example(), nl=False)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx, as_json):
+    """Show the outbox depth per priority, the last sync and each subsystem's health.
+
+    Reads the local database; works while the agent runs.
+
+    \b
+    Example:
+      gate-agent status --json
+    """
+    from agent.status import collect, render
+    cfg = load_config(ctx, check_files=False)
+    report = collect(cfg)
+    click.echo(json.dumps(report, ensure_ascii=False, indent=2) if as_json else render(report))
+
+
+def main() -> None:
+    try:
+        cli(prog_name="gate-agent")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,414 @@
+"""The local store: every record, durably, before anything acts on it.
+
+One SQLite database in WAL mode with synchronous=FULL, so a committed record
+survives a crash or a power cut. The outbox is not a separate table: it is
+the set of records not yet confirmed by the broker (sent_at IS NULL), read
+through a partial index in priority order, then creation order.
+
+Images (scene, plate crop) are files named by their sha256 under
+data_dir/images, referenced from records and listed in the `images` table.
+
+Each thread gets its own connection; every write is one short transaction,
+so the alarm path never waits behind a long one (the purge deletes in small
+batches for the same reason).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import sqlite_utils
+
+from agent.privacy import Sealer
+from agent.records import KINDS, Record, format_time, new_record, split_personal
+
+log = logging.getLogger("gate.store")
+
+MIGRATIONS = [
+    """
+    CREATE TABLE records (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        uuid TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        created REAL NOT NULL,
+        time TEXT NOT NULL,
+        schema INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        sealed BLOB,
+        sent_at REAL
+    );
+    CREATE INDEX outbox ON records(priority, seq) WHERE sent_at IS NULL;
+    CREATE INDEX records_by_kind_time ON records(kind, created);
+    CREATE TABLE images (
+        sha256 TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        created REAL NOT NULL,
+        record_uuid TEXT,
+        sent_at REAL
+    );
+    CREATE INDEX images_unsent ON images(created) WHERE sent_at IS NULL;
+    CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL NOT NULL);
+    """,
+]
+
+# Kinds that are never dropped while unsent, whatever the disk says.
+PROTECTED = ("alarm", "alert", "access_decision", "tamper")
+_UNSENT_PROTECTED = f"sent_at IS NULL AND kind IN {PROTECTED!r}"
+
+# The order in which the disk quota frees space: (what, SQL condition on records).
+PURGE_ORDER = [
+    ("images of synced records", None),
+    ("synced health records", "kind = 'health' AND sent_at IS NOT NULL"),
+    ("unsent health records", "kind = 'health' AND sent_at IS NULL"),
+    ("synced reads and faults", "kind IN ('plate_read','card_read','badge_read','fault') "
+                                "AND sent_at IS NOT NULL"),
+    ("unsent images", "images"),
+    ("synced barrier and command records", "kind IN ('barrier','command') AND sent_at IS NOT NULL"),
+    ("synced alarms, alerts, decisions, tamper", "sent_at IS NOT NULL"),
+    ("unsent reads and faults", "kind IN ('plate_read','card_read','badge_read','fault','barrier','command') "
+                                "AND sent_at IS NULL"),
+]
+
+
+class StoreError(Exception):
+    pass
+
+
+class DiskFull(StoreError):
+    pass
+
+
+class Store:
+    def __init__(self, data_dir: str | os.PathLike, *, device_id: str, site: str,
+                 tz: str = "Asia/Shanghai", sealer: Sealer | None = None,
+                 retention: dict[str, int] | None = None, quota_mb: int = 2048,
+                 reserve_mb: int = 16):
+        self.dir = Path(data_dir)
+        self.image_dir = self.dir / "images"
+        self.path = self.dir / "gate.db"
+        self.device_id, self.site, self.tz = device_id, site, tz
+        self.sealer = sealer
+        self.retention = retention or {}
+        self.quota_bytes = quota_mb * 1024 * 1024
+        self.reserve_bytes = reserve_mb * 1024 * 1024
+        self.reserve_path = self.dir / "alarm-reserve"
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self.listeners: list = []
+        self.disk_full = False
+        try:
+            self.image_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create data directory {self.dir} (storage.data_dir): "
+                             f"{exc.strerror}") from None
+        self._migrate()
+        self._keep_reserve()
+
+    # --- connections -----------------------------------------------------------
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                       check_same_thread=False)
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"cannot open database {self.path}: {exc}") from None
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            db = sqlite_utils.Database(conn)
+            self._local.db = db
+            with self._lock:
+                self._connections.append(conn)
+        return db
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except sqlite3.ProgrammingError:
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
+
+    def _migrate(self) -> None:
+        conn = self.db.conn
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(f"{self.path} has schema version {version}, newer than this agent "
+                             f"knows ({len(MIGRATIONS)}); upgrade gate-agent")
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            conn.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+            log.info("store schema migrated to version %d", number)
+
+    # --- writing -----------------------------------------------------------------
+
+    def add(self, kind: str, data: dict, at: float | None = None) -> Record:
+        """Store a new record durably and return it (with its sequence number)."""
+        record = new_record(kind, data, device_id=self.device_id, site=self.site, tz=self.tz, at=at)
+        self.put(record)
+        return record
+
+    def put(self, record: Record) -> Record:
+        public, personal = split_personal(record)
+        sealed = None
+        if personal:
+            if self.sealer is None:
+                raise StoreError(f"a {record.kind} record carries personal data but no data key "
+                                 "is loaded (privacy.key_file)")
+            sealed = self.sealer.seal(personal, record.uuid)
+        row = (record.uuid, record.kind, record.priority, record.created, record.time, record.schema,
+               json.dumps(public, ensure_ascii=False), sealed)
+        sql = ("INSERT INTO records (uuid, kind, priority, created, time, schema, body, sealed) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(uuid) DO NOTHING RETURNING seq")
+        try:
+            found = self._write(sql, row)
+        except DiskFull:
+            if record.kind not in PROTECTED:
+                raise
+            self._release_reserve()
+            found = self._write(sql, row)
+        if found is None:  # the same UUID stored before: keep the first
+            found = self.db.execute("SELECT seq FROM records WHERE uuid = ?", [record.uuid]).fetchone()
+        record.seq = found[0]
+        for listener in list(self.listeners):
+            listener(record)
+        return record
+
+    def _write(self, sql: str, params) -> tuple | None:
+        try:
+            return self.db.execute(sql, params).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc) or "disk I/O" in str(exc):
+                self.disk_full = True
+                raise DiskFull(f"disk full writing to {self.path}: {exc}") from None
+            raise
+
+    def add_image(self, data: bytes, role: str, record_uuid: str | None = None) -> str:
+        """Store image bytes as images/<sha256[:2]>/<sha256>.jpg; return the sha256."""
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.image_path(digest)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                self.disk_full = True
+                raise DiskFull(f"cannot write image {path}: {exc.strerror}") from None
+        self._write("INSERT INTO images (sha256, role, size, created, record_uuid) VALUES (?,?,?,?,?) "
+                    "ON CONFLICT(sha256) DO NOTHING", (digest, role, len(data), time.time(), record_uuid))
+        return digest
+
+    def image_path(self, sha256: str) -> Path:
+        return self.image_dir / sha256[:2] / f"{sha256}.jpg"
+
+    # --- the outbox --------------------------------------------------------------
+
+    def pending(self, limit: int = 100, exclude: Iterable[str] = ()) -> list[Record]:
+        """The next unsent records: by priority, then creation order."""
+        exclude = list(exclude)
+        sql = "SELECT * FROM records WHERE sent_at IS NULL"
+        if exclude:
+            sql += f" AND uuid NOT IN ({','.join('?' * len(exclude))})"
+        sql += " ORDER BY priority, seq LIMIT ?"
+        rows = self.db.execute(sql, exclude + [limit]).fetchall()
+        return [self._record(row) for row in rows]
+
+    def mark_sent(self, uuids: Iterable[str], at: float | None = None) -> None:
+        uuids = list(uuids)
+        if not uuids:
+            return
+        at = time.time() if at is None else at
+        self.db.execute(f"UPDATE records SET sent_at = ? WHERE uuid IN ({','.join('?' * len(uuids))})",
+                        [at] + uuids)
+
+    def mark_image_sent(self, sha256: str, at: float | None = None) -> None:
+        self.db.execute("UPDATE images SET sent_at = ? WHERE sha256 = ?", [at or time.time(), sha256])
+
+    def pending_images(self, limit: int = 10) -> list[dict]:
+        """Unsent images whose record has been sent (images never hold records back)."""
+        rows = self.db.execute(
+            "SELECT i.sha256, i.role, i.size, i.record_uuid FROM images i "
+            "LEFT JOIN records r ON r.uuid = i.record_uuid "
+            "WHERE i.sent_at IS NULL AND (r.sent_at IS NOT NULL OR i.record_uuid IS NULL) "
+            "ORDER BY i.created LIMIT ?", [limit]).fetchall()
+        return [dict(zip(("sha256", "role", "size", "record_uuid"), row)) for row in rows]
+
+    def get(self, uuid: str) -> Record | None:
+        row = self.db.execute("SELECT * FROM records WHERE uuid = ?", [uuid]).fetchone()
+        return self._record(row) if row else None
+
+    def records(self, kind: str | None = None, limit: int = 100) -> list[Record]:
+        sql, args = "SELECT * FROM records", []
+        if kind:
+            sql, args = sql + " WHERE kind = ?", [kind]
+        rows = self.db.execute(sql + " ORDER BY seq DESC LIMIT ?", args + [limit]).fetchall()
+        return [self._record(row) for row in rows]
+
+    def _record(self, row) -> Record:
+        seq, uuid, kind, _prio, created, rtime, schema, body, sealed, _sent = row
+        data = json.loads(body)
+        if sealed is not None:
+            if self.sealer is None:
+                data["sealed"] = True
+            else:
+                data.update(self.sealer.open(sealed, uuid))
+        rec = Record(kind=kind, data=data, uuid=uuid, device_id=self.device_id, site=self.site,
+                     seq=seq, time=rtime, schema=schema, created=created)
+        return rec
+
+    def depth(self) -> dict:
+        """Outbox depth per priority and the age of the oldest unsent record."""
+        rows = self.db.execute("SELECT kind, COUNT(*), MIN(created) FROM records "
+                               "WHERE sent_at IS NULL GROUP BY kind").fetchall()
+        by_kind = {kind: n for kind, n, _ in rows}
+        oldest = min((t for _, _, t in rows), default=None)
+        images = self.db.execute("SELECT COUNT(*) FROM images WHERE sent_at IS NULL").fetchone()[0]
+        by_priority = {"alarm": 0, "decision": 0, "read": 0, "image": images, "health": 0}
+        names = ["alarm", "decision", "read", "image", "health"]
+        for kind, n in by_kind.items():
+            by_priority[names[KINDS[kind].priority]] += n
+        return {"by_priority": by_priority, "by_kind": by_kind,
+                "total": sum(by_kind.values()) + images,
+                "oldest_unsent_s": round(time.time() - oldest, 1) if oldest else 0.0}
+
+    def last_sent(self) -> float | None:
+        return self.db.execute("SELECT MAX(sent_at) FROM records").fetchone()[0]
+
+    # --- small persistent state ----------------------------------------------------
+
+    def state_get(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM state WHERE key = ?", [key]).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def state_set(self, key: str, value) -> None:
+        self.db.execute("INSERT INTO state (key, value, updated) VALUES (?, ?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                        [key, json.dumps(value, ensure_ascii=False), time.time()])
+
+    # --- retention and quota -------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        page_size, pages, free = (self.db.execute(f"PRAGMA {p}").fetchone()[0]
+                                  for p in ("page_size", "page_count", "freelist_count"))
+        images = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM images").fetchone()[0]
+        return (pages - free) * page_size + images
+
+    def purge(self, now: float | None = None, batch: int = 500) -> dict:
+        """Apply retention, then the disk quota. Returns what was removed, by reason."""
+        now = time.time() if now is None else now
+        removed: dict[str, int] = {}
+        for kind, days in self.retention.items():
+            if kind == "image":
+                continue
+            cutoff = now - days * 86400
+            n = self._delete_records("kind = ? AND sent_at IS NOT NULL AND created < ?",
+                                     [kind, cutoff], batch)
+            if n:
+                removed[f"retention:{kind}"] = n
+        if "image" in self.retention:
+            n = self._delete_images("sent_at IS NOT NULL AND created < ?",
+                                    [now - self.retention["image"] * 86400], batch)
+            if n:
+                removed["retention:image"] = n
+        for reason, condition in PURGE_ORDER:
+            n = 0
+            if self._over_quota():
+                if condition is None:
+                    n = self._delete_images("sent_at IS NOT NULL OR record_uuid IN "
+                                            "(SELECT uuid FROM records WHERE sent_at IS NOT NULL)",
+                                            [], batch, until_under_quota=True)
+                elif condition == "images":
+                    n = self._delete_images("1", [], batch, until_under_quota=True)
+                else:
+                    n = self._delete_records(f"({condition}) AND NOT ({_UNSENT_PROTECTED})", [],
+                                             batch, until_under_quota=True)
+            if n:
+                removed[f"quota:{reason}"] = n
+        if removed:
+            log.info("purged %s", removed)
+        self._keep_reserve()
+        return removed
+
+    def _over_quota(self) -> bool:
+        return self.used_bytes() > self.quota_bytes
+
+    def _delete_records(self, condition: str, args: list, batch: int,
+                        until_under_quota: bool = False) -> int:
+        total = 0
+        while True:
+            cur = self.db.execute(f"DELETE FROM records WHERE seq IN (SELECT seq FROM records "
+                                  f"WHERE {condition} ORDER BY seq LIMIT ?)", args + [batch])
+            total += cur.rowcount
+            if cur.rowcount < batch or (until_under_quota and not self._over_quota()):
+                return total
+
+    def _delete_images(self, condition: str, args: list, batch: int,
+                       until_under_quota: bool = False) -> int:
+        total = 0
+        while True:
+            rows = self.db.execute(f"SELECT sha256 FROM images WHERE {condition} ORDER BY created LIMIT ?",
+                                   args + [batch]).fetchall()
+            for (digest,) in rows:
+                self.image_path(digest).unlink(missing_ok=True)
+            if rows:
+                self.db.execute(f"DELETE FROM images WHERE sha256 IN ({','.join('?' * len(rows))})",
+                                [r[0] for r in rows])
+            total += len(rows)
+            if len(rows) < batch or (until_under_quota and not self._over_quota()):
+                return total
+
+    # --- the alarm reserve -----------------------------------------------------------
+
+    def _keep_reserve(self) -> None:
+        """Hold `reserve_mb` of disk in a file that is given up to store alarms on a full disk."""
+        try:
+            if self.reserve_path.exists() and self.reserve_path.stat().st_size >= self.reserve_bytes:
+                return
+            if shutil.disk_usage(self.dir).free < self.reserve_bytes * 2:
+                return
+            with open(self.reserve_path, "wb") as f:
+                f.truncate(0)
+                chunk = b"\0" * (1024 * 1024)
+                for _ in range(self.reserve_bytes // len(chunk)):
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            self.disk_full = False
+        except OSError as exc:
+            log.warning("cannot keep the alarm reserve %s: %s", self.reserve_path, exc.strerror)
+
+    def _release_reserve(self) -> None:
+        log.error("disk full: giving up the alarm reserve %s to store an alarm", self.reserve_path)
+        self.reserve_path.unlink(missing_ok=True)
+
+    def disk_free_mb(self) -> float:
+        return round(shutil.disk_usage(self.dir).free / 1024 / 1024, 1)
+
+
+def open_store(config, sealer: Sealer | None = None) -> Store:
+    """The store described by a validated config."""
+    return Store(config.storage.data_dir, device_id=config.device.id, site=config.device.site,
+                 tz=config.device.timezone, sealer=sealer,
+                 retention=config.storage.retention.to_dict(), quota_mb=config.storage.quota_mb,
+                 reserve_mb=config.storage.reserve_mb)

@@ -1,0 +1,203 @@
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from agent.privacy import Sealer, load_key
+from agent.records import Record
+from agent.store import Store
+from conftest import ROOT
+
+ALARM = {"button": "b1", "location": "desk", "drill": False, "pressed_at": "2026-11-24T10:00:00+08:00"}
+HEALTH = {"outbox": {}, "subsystems": {}, "disk_free_mb": 1, "versions": {}}
+BADGE = {"reader": "r1", "format": "wiegand26", "badge": "90:324"}
+
+
+def test_record_roundtrip_through_store(store):
+    rec = store.add("card_read", {"reader": "id1", "card_kind": "resident", "name": "张三",
+                                  "id_number": "360426199101010071"})
+    again = store.get(rec.uuid)
+    assert again.to_dict() == rec.to_dict()
+    assert Record.from_dict(rec.to_dict()).to_dict() == rec.to_dict()
+    assert rec.time.endswith("+08:00")
+    assert rec.device_id == "21010200001210000001"
+
+
+def test_sequence_is_monotonic_and_never_reused(store):
+    seqs = [store.add("badge_read", BADGE).seq for _ in range(5)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    store.mark_sent([r.uuid for r in store.pending()])
+    store.retention = {"badge_read": 1}
+    store.purge(now=time.time() + 2 * 86400)
+    assert store.add("badge_read", BADGE).seq == seqs[-1] + 1
+
+
+def test_outbox_order_priority_then_creation(store):
+    store.add("health", HEALTH)
+    first_read = store.add("badge_read", BADGE)
+    store.add("badge_read", BADGE)
+    alarm = store.add("alarm", ALARM)
+    kinds = [r.kind for r in store.pending()]
+    assert kinds == ["alarm", "badge_read", "badge_read", "health"]
+    assert store.pending()[0].uuid == alarm.uuid
+    assert store.pending()[1].uuid == first_read.uuid
+
+
+def test_mark_sent_empties_outbox(store):
+    for _ in range(3):
+        store.add("badge_read", BADGE)
+    store.mark_sent(r.uuid for r in store.pending())
+    assert store.pending() == []
+    assert store.depth()["total"] == 0
+
+
+def test_same_uuid_stored_once(store):
+    rec = store.add("badge_read", BADGE)
+    store.put(Record(kind="badge_read", data=BADGE, uuid=rec.uuid, time=rec.time))
+    assert len(store.pending()) == 1
+
+
+def test_personal_fields_encrypted_at_rest(store):
+    store.add("card_read", {"reader": "id1", "card_kind": "resident", "name": "李四",
+                            "id_number": "360426199101010071"})
+    raw = sqlite3.connect(store.path).execute("SELECT body, sealed FROM records").fetchone()
+    assert "360426199101010071" not in raw[0] and "李四" not in raw[0]
+    assert b"360426199101010071" not in raw[1]
+    blob = store.path.read_bytes() + (store.path.parent / "gate.db-wal").read_bytes()
+    assert "360426199101010071".encode() not in blob
+    assert "李四".encode() not in blob
+
+
+def test_records_without_key_stay_sealed(store, tmp_path):
+    store.add("card_read", {"reader": "id1", "card_kind": "resident", "id_number": "360426199101010071"})
+    keyless = Store(store.dir, device_id=store.device_id, site=store.site)
+    data = keyless.pending()[0].data
+    assert data["sealed"] is True and "id_number" not in data
+    keyless.close()
+
+
+def test_images_named_by_sha256(store):
+    digest = store.add_image(b"\xff\xd8fakejpeg", "scene")
+    assert store.image_path(digest).read_bytes() == b"\xff\xd8fakejpeg"
+    assert store.image_path(digest).name == f"{digest}.jpg"
+
+
+def test_images_wait_for_their_record(store):
+    rec = store.add("badge_read", BADGE)
+    digest = store.add_image(b"img", "scene", rec.uuid)
+    assert store.pending_images() == []
+    store.mark_sent([rec.uuid])
+    assert [i["sha256"] for i in store.pending_images()] == [digest]
+
+
+def test_retention_keeps_unsent(store):
+    old = time.time() - 100 * 86400
+    sent = store.add("badge_read", BADGE, at=old)
+    unsent = store.add("badge_read", BADGE, at=old)
+    fresh = store.add("badge_read", BADGE)
+    store.mark_sent([sent.uuid, fresh.uuid])
+    store.retention = {"badge_read": 90}
+    store.purge()
+    assert store.get(sent.uuid) is None
+    assert store.get(unsent.uuid) is not None
+    assert store.get(fresh.uuid) is not None
+
+
+def test_quota_purge_order_never_drops_unsent_alarm(store):
+    payload = "x" * 2000
+    alarms = [store.add("alarm", dict(ALARM, location=payload)) for _ in range(200)]
+    decisions = [store.add("access_decision", {"lane": "in1", "outcome": "allow", "rule": payload,
+                                               "inputs": {}, "decision_ms": 1}) for _ in range(200)]
+    health = [store.add("health", dict(HEALTH, versions={"pad": payload})) for _ in range(200)]
+    reads = [store.add("badge_read", dict(BADGE, badge=payload)) for _ in range(200)]
+    sent_read = reads[:100]
+    store.mark_sent(r.uuid for r in sent_read)
+    image_rec = sent_read[0]
+    digest = store.add_image(os.urandom(300_000), "scene", image_rec.uuid)
+    store.quota_bytes = store.used_bytes() - 350_000
+    removed = store.purge()
+    order = list(removed)
+    assert order[0] == "quota:images of synced records"
+    assert not store.image_path(digest).exists()
+    store.quota_bytes = 1  # impossible: everything purgeable goes
+    store.purge()
+    assert all(store.get(a.uuid) for a in alarms)
+    assert all(store.get(d.uuid) for d in decisions)
+    assert not any(store.get(h.uuid) for h in health)
+    assert not any(store.get(r.uuid) for r in reads)
+
+
+def test_health_goes_before_reads_under_quota(store):
+    health = [store.add("health", dict(HEALTH, versions={"pad": "x" * 4000})) for _ in range(50)]
+    reads = [store.add("badge_read", dict(BADGE, badge="y" * 4000)) for _ in range(50)]
+    store.quota_bytes = store.used_bytes() - 100_000
+    store.purge()
+    assert any(store.get(r.uuid) for r in reads)
+    assert sum(1 for h in health if store.get(h.uuid)) < len(health)
+    assert all(store.get(r.uuid) for r in reads)
+
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    from agent.store import Store
+    s = Store(sys.argv[1], device_id="21010200001210000001", site="t", reserve_mb=1)
+    for i in range(int(sys.argv[2])):
+        r = s.add("badge_read", {"reader": "r", "format": "digits", "badge": str(i)})
+        print(r.uuid, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_record_survives_sigkill(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "d"), "20"],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    uuids = [proc.stdout.readline().strip() for _ in range(20)]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    reopened = Store(tmp_path / "d", device_id="21010200001210000001", site="t", reserve_mb=1)
+    assert {r.uuid for r in reopened.pending(limit=100)} == set(uuids)
+    reopened.close()
+
+
+def test_disk_full_alarm_uses_reserve(store, monkeypatch):
+    from agent import store as storemod
+    calls = {"n": 0}
+    real = store._write
+
+    def full_once(sql, params):
+        if sql.startswith("INSERT INTO records") and calls["n"] == 0:
+            calls["n"] += 1
+            store.disk_full = True
+            raise storemod.DiskFull("disk full")
+        return real(sql, params)
+
+    monkeypatch.setattr(store, "_write", full_once)
+    rec = store.add("alarm", ALARM)
+    assert store.get(rec.uuid) is not None
+    assert not store.reserve_path.exists()
+    assert store.disk_full
+
+
+def test_disk_full_read_is_reported(store, monkeypatch):
+    from agent import store as storemod
+
+    def full(sql, params):
+        raise storemod.DiskFull("disk full writing")
+    monkeypatch.setattr(store, "_write", full)
+    with pytest.raises(storemod.DiskFull):
+        store.add("badge_read", BADGE)
+
+
+def test_newer_schema_refused(tmp_path):
+    s = Store(tmp_path / "d", device_id="21010200001210000001", site="t", reserve_mb=1)
+    s.db.execute("PRAGMA user_version = 99")
+    s.close()
+    from agent.store import StoreError
+    with pytest.raises(StoreError, match="newer than this agent knows"):
+        Store(tmp_path / "d", device_id="21010200001210000001", site="t", reserve_mb=1)
