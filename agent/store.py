@@ -106,6 +106,9 @@ class Store:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self.listeners: list = []
+        """Called with each Record once it is durably stored (in the writer's thread: be quick)."""
+        self.sent_listeners: list = []
+        """Called with the list of UUIDs the broker confirmed, once that is committed."""
         self.disk_full = False
         try:
             self.image_dir.mkdir(parents=True, exist_ok=True)
@@ -241,6 +244,8 @@ class Store:
         at = time.time() if at is None else at
         self.db.execute(f"UPDATE records SET sent_at = ? WHERE uuid IN ({','.join('?' * len(uuids))})",
                         [at] + uuids)
+        for listener in list(self.sent_listeners):
+            listener(uuids)
 
     def mark_image_sent(self, sha256: str, at: float | None = None) -> None:
         self.db.execute("UPDATE images SET sent_at = ? WHERE sha256 = ?", [at or time.time(), sha256])
