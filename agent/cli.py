@@ -139,7 +139,7 @@ COMMAND_MODULES = [
     ("provisioning.cli", "provision"),
     ("provisioning.cli", "selftest"),
     ("hil.cli", "hil"),
-    ("agent.demo", "demo"),
+    ("hil.demo", "demo"),
 ]
 
 
