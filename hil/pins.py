@@ -58,9 +58,11 @@ class ControlPins:
 
     def drive(self, pin: int, level: int) -> float:
         self._require()
+        self._watched.add(pin)
         return self.client.call("drive", pin=pin, level=level)["at"]
 
     def changes(self, pin: int) -> list[tuple[float, float]]:
+        self._watched.add(pin)
         old = self._before_restart.get(pin, [])
         if not self.client:
             return list(old)
