@@ -32,7 +32,7 @@ class Kind:
 
 KINDS = {k.name: k for k in (
     Kind("alarm", ALARM, ("button", "location", "drill", "pressed_at")),
-    Kind("alert", ALARM, ("reason", "lane", "near")),
+    Kind("alert", ALARM, ("reason", "lane", "near"), personal=("name", "id_number")),
     Kind("tamper", DECISION, ("source", "condition")),
     Kind("access_decision", DECISION, ("lane", "outcome", "rule", "inputs", "decision_ms"),
          personal=("name", "id_number")),
