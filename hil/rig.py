@@ -479,8 +479,8 @@ class Rig:
         self.config_path = work / "config.toml"
         self.config_path.write_text(to_toml(config), encoding="utf-8")
         self.agent = AgentProcess(work, self.config_path, simulate=self.wiring is None)
-        if self.scenario.lists_csv:
-            self._import_lists()
+        for list_name, text in self.scenario.lists.items():
+            self._import_list(list_name, text)
         if self.wiring is None:
             self.pins = ControlPins(self.agent.socket)
         else:
@@ -490,12 +490,12 @@ class Rig:
             self.pins.watch(pin)
         self._start_agent()
 
-    def _import_lists(self) -> None:
-        path = self.workdir / "lists.csv"
-        path.write_text(self.scenario.lists_csv.strip() + "\n", encoding="utf-8")
-        done = self.agent.cli("lists", "import", str(path))
+    def _import_list(self, list_name: str, text: str) -> None:
+        path = self.workdir / f"{list_name}.csv"
+        path.write_text(text.strip() + "\n", encoding="utf-8")
+        done = self.agent.cli("lists", "import", str(path), "--list", list_name)
         if done.returncode != 0:
-            raise RigError(f"'gate-agent lists import' failed ({done.returncode}): "
+            raise RigError(f"'gate-agent lists import {path.name}' failed ({done.returncode}): "
                            f"{(done.stderr or done.stdout).strip()[-400:]}")
 
     def _start_agent(self) -> None:

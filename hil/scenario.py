@@ -51,6 +51,7 @@ STEPS: dict[str, dict[str, tuple]] = {
 COMMON_STEP_KEYS = {"at": (float, REQUIRED), "do": (str, REQUIRED), "id": (str, ""),
                     "wait_records": (int, 0), "wait_s": (float, 0.0)}
 IMAGE_SOURCES = ("synth", "real")
+LIST_NAMES = ("staff_vehicles", "staff", "visitors", "watchlist")  # agent/lists.py
 
 EXPECT_KINDS = ("pin", "record", "all_synced", "count")
 EXPECT_KEYS = {
@@ -107,7 +108,8 @@ class Scenario:
     fast: bool
     timeout_s: float
     config: dict
-    lists_csv: str
+    lists: dict[str, str]
+    """list name -> CSV text, imported with `gate-agent lists import` before the agent starts"""
     steps: list[Step]
     expects: list[Expect]
 
@@ -175,7 +177,7 @@ def _build(data: dict, path: Path) -> Scenario:
     for part in top["needs"]:
         if part not in PARTS:
             raise ScenarioError(f"needs = {part!r}: unknown part; known: {', '.join(PARTS)}")
-    lists = _fill("lists", top["lists"], {"csv": (str, "")})
+    lists = _fill("lists", top["lists"], {name: (str, "") for name in LIST_NAMES})
     steps = [_step(i, raw) for i, raw in enumerate(top["step"])]
     if [s.at for s in steps] != sorted(s.at for s in steps):
         raise ScenarioError("step: steps must be listed in time order (their 'at' increasing)")
@@ -188,7 +190,7 @@ def _build(data: dict, path: Path) -> Scenario:
         raise ScenarioError("expect: a scenario needs at least one [[expect]]; what would it judge?")
     return Scenario(name=top["name"], path=path, description=top["description"].strip(),
                     needs=top["needs"], fast=top["fast"], timeout_s=top["timeout_s"],
-                    config=top["config"], lists_csv=lists["csv"], steps=steps, expects=expects)
+                    config=top["config"], lists={k: v for k, v in lists.items() if v.strip()}, steps=steps, expects=expects)
 
 
 def _step(i: int, raw: Any) -> Step:
