@@ -154,7 +154,8 @@ class WiredPins:
             raise PinsUnavailable(reason)
         at = time.monotonic()
         self._devices[pin].value = bool(level)
-        self._seen(pin, int(level))
+        with self._lock:
+            self._history[pin].append((at, int(level)))
         return at
 
     def changes(self, pin: int) -> list[tuple[float, float]]:
