@@ -67,6 +67,17 @@ REMOTE_SETTINGS = (
 )
 
 
+class _LastError(logging.Handler):
+    """Keeps paho's last error line (paho reports a TLS alert only in its log)."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.last = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
+
+
 class SyncError(Exception):
     """The broker can't be used (unreachable, TLS or auth refused); str() says why."""
 
@@ -181,6 +192,14 @@ class SyncEngine:
                                     f"{exc.strerror}") from None
             client.username_pw_set(m.username, password)
         client.will_set(self.topics.availability, b"offline", qos=1, retain=True)
+        self._paho_errors = _LastError()
+        paho_log = logging.getLogger("gate.sync.paho")
+        paho_log.setLevel(logging.ERROR)
+        if not any(isinstance(h, _LastError) for h in paho_log.handlers):
+            paho_log.addHandler(self._paho_errors)
+        else:
+            self._paho_errors = next(h for h in paho_log.handlers if isinstance(h, _LastError))
+        client.enable_logger(paho_log)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -285,13 +304,21 @@ class SyncEngine:
                     self._lost(condition, reason)
                     break
                 if rc != mqtt.MQTT_ERR_SUCCESS:
-                    if self._connected.is_set() or self.link.condition in ("connected", "starting"):
-                        self._lost("unreachable", f"connection lost ({mqtt.error_string(rc)})")
-                    else:
-                        self._lost(self.link.condition, self.link.detail)
+                    self._connection_ended(rc)
                     break
             if not self._stopping.is_set():
                 self._pause()
+
+    def _connection_ended(self, rc) -> None:
+        """Say why the network loop stopped: a TLS alert from the broker (it refused our
+        certificate), a refused CONNECT (already reported), or a lost connection."""
+        self._connected.clear()
+        error, self._paho_errors.last = self._paho_errors.last, ""
+        if error and any(word in error.upper() for word in ("SSL", "ALERT", "CERTIFICATE")):
+            self._lost("tls_refused", f"TLS refused by the broker ({error}): check mqtt.cert_file "
+                                      "and mqtt.key_file")
+        elif self.link.condition in ("connected", "starting", "publish_refused"):
+            self._lost("unreachable", f"connection lost ({error or mqtt.error_string(rc)})")
 
     def _connect(self) -> None:
         props = Properties(PacketTypes.CONNECT)

@@ -86,7 +86,9 @@ def sync_now(ctx, timeout):
     Example:
       gate-agent sync now --timeout 120
     """
+    import logging
     from agent.sync import SyncEngine, SyncError
+    logging.getLogger("gate").addHandler(logging.NullHandler())   # the outcome is the one line below
     cfg = load_config(ctx)
     store = _open_store(cfg, need_key=True)
     try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import shutil
 import signal
 import socket
@@ -32,11 +33,13 @@ class Mosquitto:
     """`with Mosquitto() as broker:` a broker on 127.0.0.1:broker.port, stopped on exit.
 
     `stop()` and `start()` again keep the same port, to play a broker outage.
-    `extra_config` lines are appended to mosquitto.conf (TLS listeners, ACLs...).
+    `extra_config` lines are appended to mosquitto.conf (TLS listeners: see `tls_listener`).
+    `acl` is the text of an ACL file (change it live with `set_acl`); `persistent` keeps
+    sessions and queued messages across `stop()` / `start()` (a broker restart).
     """
 
     def __init__(self, port: int | None = None, extra_config: str = "", listener: bool = True,
-                 acl: str | None = None):
+                 acl: str | None = None, persistent: bool = False):
         self.binary = find_mosquitto()
         if not self.binary:
             raise BrokerUnavailable("mosquitto is not installed (apt-get install mosquitto)")
@@ -45,6 +48,7 @@ class Mosquitto:
         self.extra_config = extra_config
         self.listener = listener
         self.acl = acl
+        self.persistent = persistent
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -53,8 +57,12 @@ class Mosquitto:
 
     def _write_config(self) -> Path:
         conf = self.dir / "mosquitto.conf"
-        lines = ["persistence false", "log_dest stderr", "log_type error", "log_type warning",
-                 "allow_anonymous true"]
+        persistence = ["persistence true", f"persistence_location {self.dir}/",
+                       "max_queued_messages 0"] if self.persistent else ["persistence false"]
+        lines = persistence + ["log_dest stderr", "log_type error", "log_type warning",
+                               "allow_anonymous true"]
+        if os.geteuid() == 0:
+            lines.append("user root")   # else it drops to 'mosquitto' and can't read our key files
         if self.listener:
             lines += [f"listener {self.port} 127.0.0.1"]
         if self.acl is not None:
@@ -202,3 +210,76 @@ def tls_listener(port: int, pki: PKI, require_certificate: bool = True) -> str:
     if require_certificate:
         lines.append("use_identity_as_username true")
     return "\n".join(lines) + "\n"
+
+
+class Subscriber:
+    """A platform-side listener: `with Subscriber(port, "gate/#") as sub:` collects every
+    message (topic, payload, user properties) in arrival order.
+
+    `session` names a persistent MQTT v5 session (clean_start False), so that messages
+    published while it is away are queued for it by a broker with persistence on.
+    """
+
+    def __init__(self, port: int, topic: str = "#", session: str | None = None, host: str = "127.0.0.1"):
+        import threading
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+        self.messages: list[tuple[str, bytes, dict]] = []
+        self.host, self.port, self.topic, self.session = host, port, topic, session
+        self.changed = threading.Condition()
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=session or "",
+                                  protocol=mqtt.MQTTv5)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self._props = Properties(PacketTypes.CONNECT)
+        if session:
+            self._props.SessionExpiryInterval = 3600
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        client.subscribe(self.topic, qos=1)
+
+    def _on_message(self, client, userdata, message):
+        props = dict(getattr(message.properties, "UserProperty", []) or [])
+        with self.changed:
+            self.messages.append((message.topic, message.payload, props))
+            self.changed.notify_all()
+
+    def start(self) -> "Subscriber":
+        self.client.connect(self.host, self.port, clean_start=self.session is None,
+                            properties=self._props)
+        self.client.loop_start()
+        if not self.subscribed.wait(10):
+            raise BrokerUnavailable(f"subscriber could not subscribe on 127.0.0.1:{self.port}")
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def wait_for(self, predicate, timeout: float = 10.0) -> bool:
+        """Wait until predicate(messages) is true; returns whether it became true."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not predicate(self.messages):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.changed.wait(min(left, 0.1))
+        return True
+
+    def records(self) -> list[dict]:
+        """Every JSON record received, in arrival order (duplicates kept)."""
+        import json
+        return [json.loads(p) for t, p, _ in self.messages if "/records/" in t]
+
+    def __enter__(self) -> "Subscriber":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
