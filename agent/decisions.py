@@ -381,9 +381,7 @@ class DecisionSubsystem:
         if verdict.watch:
             passage.watchlisted = True
         outcome, rule = verdict.outcome, verdict.rule
-        if passage.opened and outcome != ALLOW:
-            outcome, rule = ALLOW, f"same_passage:{rule}"  # already open: never close on a car
-        elif passage.watchlisted and outcome == ALLOW:
+        if passage.watchlisted and outcome == ALLOW:
             outcome, rule = ASK, "watchlist"
         data = {"lane": lane, "outcome": outcome, "rule": rule, "decision_ms": decision_ms,
                 "inputs": _describe_inputs(passage.reads, inputs), "matches": [m.describe() for m in verdict.matches],
@@ -391,6 +389,8 @@ class DecisionSubsystem:
                 "read": record.uuid}
         if alert is not None:
             data["alert"] = alert.uuid
+        if passage.opened:
+            data["already_open"] = True  # never closed on a car: the guard decides
         if inputs.id_number:
             data["id_number"] = inputs.id_number  # sealed at rest by the store
         name = verdict.allowed_by.entry.name if verdict.allowed_by else None
