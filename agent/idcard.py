@@ -324,8 +324,9 @@ def _date(text: str) -> str | None:
 def parse_text(block: bytes, today: dt.date | None = None) -> dict:
     """The named fields of a 256-byte text block, with validity and ID-number checks.
 
-    Unreadable fields are kept as read and listed in `problems` rather than raising:
-    a card with one smudged field still identifies its holder.
+    Unreadable fields are kept as read and named in `problems` rather than raising:
+    a card with one smudged field still identifies its holder. Problems never quote
+    the values (they end up in logs).
     """
     if len(block) != TEXT_LEN:
         raise ValueError(f"text block is {len(block)} bytes; expected {TEXT_LEN}")
@@ -348,22 +349,22 @@ def parse_text(block: bytes, today: dt.date | None = None) -> dict:
     out["gender_code"] = code
     out["gender"] = GENDERS.get(code, (None,))[0]
     if out["gender"] is None:
-        problems.append(f"gender code {code!r} is not in GB/T 2261.1")
+        problems.append("gender code is not in GB/T 2261.1")
     if "nation_code" in raw:
         code = raw["nation_code"]
         out["nation_code"] = code
         out["nation"], out["nation_en"] = NATIONS.get(code, (None, None))
         if out["nation"] is None:
-            problems.append(f"nation code {code!r} is not in GB/T 3304")
+            problems.append("nation code is not in GB/T 3304")
     out["birth_date"] = _date(raw["birth"])
     if out["birth_date"] is None:
-        problems.append(f"birth date {raw['birth']!r} is not YYYYMMDD")
+        problems.append("birth date is not YYYYMMDD")
     out["valid_from"] = _date(raw["valid_from"])
     if out["valid_from"] is None:
-        problems.append(f"valid-from {raw['valid_from']!r} is not YYYYMMDD")
+        problems.append("valid-from date is not YYYYMMDD")
     out["valid_to"] = LONG_TERM if raw["valid_to"] == "长期" else _date(raw["valid_to"])
     if out["valid_to"] is None:
-        problems.append(f"valid-to {raw['valid_to']!r} is neither YYYYMMDD nor 长期")
+        problems.append("valid-to date is neither YYYYMMDD nor 长期")
     out.update(validity(out["valid_from"], out["valid_to"], today))
     out["id_valid"] = check_card_number(kind, out["id_number"])
     if not out["id_valid"]:
