@@ -186,6 +186,14 @@ def _drill_schedule_check(value: list) -> str | None:
     return schedule_problem(value)
 
 
+def _card_fields_check(value: list) -> str | None:
+    from agent.idcard import CARD_FIELDS
+    unknown = [v for v in value if v not in CARD_FIELDS]
+    if unknown:
+        return f"unknown card field(s) {', '.join(map(repr, unknown))}; known: {', '.join(CARD_FIELDS)}"
+    return None
+
+
 RETENTION_HELP = "days to keep; 30 (video/images rule), 90 (anti-terrorism key targets), 180 (banks)"
 RECORD_KINDS = ("alarm", "alert", "tamper", "access_decision", "barrier", "command",
                 "plate_read", "card_read", "badge_read", "fault", "health")
@@ -296,7 +304,8 @@ SCHEMA = Table({
                           "32-byte data encryption key (created by provisioning, mode 0600)",
                           secret_file=True),
         "keep_card_fields": Value(list, ["name", "id_number", "card_kind", "valid_from", "valid_to"],
-                                  "ID card fields stored and sent; add 'address', 'photo' only if needed"),
+                                  "ID card fields stored and sent; add 'address', 'photo' only if needed",
+                                  check=_card_fields_check),
     }, help="Personal information: what is kept, and the key that encrypts it at rest."),
     "mqtt": Table({
         "url": Value(str, "mqtts://platform.example:8883", "broker URL", check=_url_check),
