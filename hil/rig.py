@@ -372,23 +372,37 @@ class Frames:
 
 
 class Readers:
-    """drivers.reader_sim simulators, one per configured reader, each on its own pty."""
+    """drivers.reader_sim simulators, one per configured reader, each on its own pty
+    reached through a symlink (unplug removes the link, replug brings it back)."""
 
-    def __init__(self):
+    def __init__(self, folder: Path | None = None):
+        self.folder = folder
         self.sims: dict[str, object] = {}
+        self.kinds: dict[str, str] = {}
 
     def start(self, name: str, kind: str):
         from drivers import reader_sim
-        sim = reader_sim.ReaderSim(kind=kind)
-        start = getattr(sim, "start", None)
-        if start:
-            start()
-        self.sims[name] = sim
+        link = self.folder / f"reader-{name}"
+        if kind == "idcard":
+            sim = reader_sim.ReaderSimulator(link=link)
+        else:
+            sim = reader_sim.BadgeSimulator(kind, link=link)
+        self.sims[name], self.kinds[name] = sim.start(), kind
         return sim
 
+    def place(self, name: str, card) -> None:
+        from drivers import reader_sim
+        if self.kinds.get(name) == "idcard":
+            try:
+                card = reader_sim.Card.from_dict(card)
+            except ValueError as exc:
+                raise RigError(f"card on reader {name}: {exc}") from None
+        elif isinstance(card, dict):
+            card = card.get("badge", card)
+        self.call(name, "place", card)
+
     def port(self, name: str) -> str:
-        sim = self.sims[name]
-        return str(getattr(sim, "port", None) or getattr(sim, "path"))
+        return str(self.folder / f"reader-{name}")
 
     def call(self, name: str, method: str, *args):
         if name not in self.sims:
@@ -401,10 +415,7 @@ class Readers:
 
     def stop(self) -> None:
         for sim in self.sims.values():
-            for method in ("close", "stop"):
-                if hasattr(sim, method):
-                    getattr(sim, method)()
-                    break
+            sim.stop()
 
 
 # --- the rig --------------------------------------------------------------------------
@@ -429,7 +440,7 @@ class Rig:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"gate-hil-{self.scenario.path.stem}-"))
         result = Result(self.scenario.name, ERROR, workdir=str(self.workdir))
         self.broker = self.collector = self.agent = self.pins = None
-        self.readers = Readers()
+        self.readers = Readers(self.workdir)
         try:
             self._setup()
             self._play()
@@ -614,7 +625,7 @@ class Rig:
 
     def _do_card_place(self, step, reader, card):
         at = time.monotonic()
-        self.readers.call(reader, "place", card)
+        self.readers.place(reader, card)
         return at
 
     def _do_card_remove(self, step, reader):
