@@ -24,7 +24,7 @@ from pathlib import Path
 
 from hil.broker import Mosquitto
 from hil.pins import ControlPins, PinsUnavailable, WiredPins, Wiring
-from hil.scenario import Expect, Scenario, Step
+from hil.scenario import Expect, Scenario, Step, shared_plates
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICE_ID = "21010200001210000001"
@@ -70,11 +70,6 @@ class Result:
     duration_s: float = 0.0
     workdir: str = ""
     agent_log_tail: str = ""
-
-
-def shared_plates() -> Path:
-    base = Path(os.environ.get("GATE_SHARED", ROOT.parent / "shared"))
-    return base / "data" / "plates"
 
 
 # --- the site config ------------------------------------------------------------------
@@ -324,6 +319,17 @@ class Frames:
     def folder(self, lane: str) -> Path:
         return self.root / lane
 
+    def empty_lane(self, lane: str) -> None:
+        """A frame of an empty lane, always there: a folder camera with no images is a
+        camera that is not working (drivers/camera.py), and an idle lane is not that."""
+        import cv2
+        import numpy as np
+        rng = np.random.default_rng(0)
+        frame = np.clip(rng.normal(90, 12, (720, 1280, 3)), 0, 255).astype(np.uint8)
+        folder = self.folder(lane)
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / "empty-lane.jpg"), frame)
+
     def render(self, plate: str, color: str, image: str, rng) -> bytes:
         import cv2
         if image == "real":
@@ -479,8 +485,7 @@ class Rig:
         for lane in config["lanes"]:
             if "vision" in self.scenario.needs and not lane.get("camera"):
                 lane["camera"] = str(self.frames.folder(lane["name"]))
-            if lane.get("camera"):
-                Path(lane["camera"]).mkdir(parents=True, exist_ok=True)
+                self.frames.empty_lane(lane["name"])
         if "readers" in self.scenario.needs:
             config.setdefault("readers", [{"name": "id1", "kind": "idcard", "lane": "in1"}])
             for reader in config["readers"]:

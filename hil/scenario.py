@@ -7,6 +7,7 @@ allowed, like the agent's own config does.
 from __future__ import annotations
 
 import importlib.util
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +20,10 @@ PARTS = {
     "gpio": ("drivers.gpio",),
     "readers": ("drivers.readers", "drivers.reader_sim"),
     "sync": ("agent.sync",),
-    "vision": ("agent.vision", "drivers.camera"),
+    "vision": ("agent.vision", "drivers.camera", "models.recognizer"),
     "model": ("models.synth",),
     "decisions": ("agent.decisions", "agent.lists"),
+    "real_plates": (),   # the labelled plate photos in ../shared/data/plates (GATE_SHARED)
 }
 
 # Each stimulus: the arguments it takes (name -> (type, default; REQUIRED if none)).
@@ -114,9 +116,17 @@ class Scenario:
     expects: list[Expect]
 
     def missing_parts(self) -> list[str]:
-        """The modules this scenario needs that are not built yet."""
-        return [module for part in self.needs for module in PARTS.get(part, ())
-                if not module_exists(module)]
+        """The modules (or data) this scenario needs that are not here yet."""
+        missing = [module for part in self.needs for module in PARTS.get(part, ())
+                   if not module_exists(module)]
+        if "real_plates" in self.needs and not shared_plates().is_dir():
+            missing.append(f"real plate photos ({shared_plates()}; set GATE_SHARED)")
+        return missing
+
+
+def shared_plates() -> Path:
+    base = Path(os.environ.get("GATE_SHARED", Path(__file__).resolve().parent.parent.parent / "shared"))
+    return base / "data" / "plates"
 
 
 def module_exists(name: str) -> bool:
