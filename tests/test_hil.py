@@ -222,6 +222,7 @@ def test_wired_pins_skip_what_is_not_wired_and_time_what_is():
 
 # --- the fast scenarios, for real -----------------------------------------------------
 
+@pytest.mark.slow
 @needs_mosquitto
 @pytest.mark.parametrize("scenario", [s for s in discover() if s.fast], ids=lambda s: s.path.stem)
 def test_fast_scenario(scenario):
