@@ -212,7 +212,8 @@ def _step(i: int, raw: Any) -> Step:
         raise ScenarioError(f"{where}.do = {do!r}: expected one of {', '.join(STEPS)}")
     spec = STEPS[do]
     common = _fill(where, {k: v for k, v in raw.items() if k in COMMON_STEP_KEYS}, COMMON_STEP_KEYS)
-    args = _fill(where, {k: v for k, v in raw.items() if k not in COMMON_STEP_KEYS}, spec)
+    args = _fill(where, {k: v for k, v in raw.items() if k not in COMMON_STEP_KEYS}, spec,
+                 extra_ok=set(COMMON_STEP_KEYS))
     if "image" in args and args["image"] not in IMAGE_SOURCES:
         raise ScenarioError(f"{where}.image = {args['image']!r}: expected one of "
                             f"{', '.join(map(repr, IMAGE_SOURCES))}")

@@ -95,7 +95,7 @@ def test_every_shipped_scenario_loads_and_says_what_it_needs():
     ('needs = ["gpoi"]\n[[expect]]\nall_synced = true', "needs = 'gpoi': unknown part; known: gpio"),
     ('[[step]]\nat = 1\ndo = "honk"\n[[expect]]\nall_synced = true', "step[0].do = 'honk': expected one of car"),
     ('[[step]]\nat = 1\ndo = "press"\nbuton = "b1"\n[[expect]]\nall_synced = true',
-     "step[0].buton: unknown key; allowed here: button"),
+     "step[0].buton: unknown key; allowed here: at, button, do"),
     ('[[step]]\nat = 1\ndo = "car"\n[[expect]]\nall_synced = true', "step[0].plate: missing"),
     ('[[step]]\nat = 2\ndo = "wait"\n[[step]]\nat = 1\ndo = "wait"\n[[expect]]\nall_synced = true',
      "time order"),
