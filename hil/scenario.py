@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+REPO = Path(__file__).resolve().parent.parent
 
-# What a scenario may need, and the modules that must exist for it to run.
+# What a scenario may need, and the modules (or "file:" paths in the repository, such as
+# the trained model) that must exist for it to run.
 PARTS = {
     "gpio": ("drivers.gpio",),
     "readers": ("drivers.readers", "drivers.reader_sim"),
     "sync": ("agent.sync",),
-    "vision": ("agent.vision", "drivers.camera", "models.recognizer"),
+    "vision": ("agent.vision", "drivers.camera", "models.recognizer",
+               "file:models/manifest.json", "file:models/plate_ocr.onnx"),
     "model": ("models.synth",),
     "decisions": ("agent.decisions", "agent.lists"),
     "real_plates": (),   # the labelled plate photos in ../shared/data/plates (GATE_SHARED)
@@ -117,16 +120,21 @@ class Scenario:
 
     def missing_parts(self) -> list[str]:
         """The modules (or data) this scenario needs that are not here yet."""
-        missing = [module for part in self.needs for module in PARTS.get(part, ())
-                   if not module_exists(module)]
+        missing = [need for part in self.needs for need in PARTS.get(part, ()) if not exists(need)]
         if "real_plates" in self.needs and not shared_plates().is_dir():
             missing.append(f"real plate photos ({shared_plates()}; set GATE_SHARED)")
         return missing
 
 
 def shared_plates() -> Path:
-    base = Path(os.environ.get("GATE_SHARED", Path(__file__).resolve().parent.parent.parent / "shared"))
+    base = Path(os.environ.get("GATE_SHARED", REPO.parent / "shared"))
     return base / "data" / "plates"
+
+
+def exists(need: str) -> bool:
+    if need.startswith("file:"):
+        return (REPO / need[5:]).is_file()
+    return module_exists(need)
 
 
 def module_exists(name: str) -> bool:

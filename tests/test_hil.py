@@ -112,17 +112,15 @@ def test_scenario_mistakes_name_file_key_and_what_is_allowed(text, message):
     assert message in str(info.value)
 
 
-def test_scenario_with_parts_not_built_is_skipped_with_the_reason(tmp_path):
-    scenario = parse('needs = ["gpio", "vision"]\n[[expect]]\nall_synced = true', tmp_path / "x.toml")
+def test_scenario_with_parts_not_built_is_skipped_with_the_reason(tmp_path, monkeypatch):
     import hil.scenario as sc
-    original = sc.module_exists
-    sc.module_exists = lambda name: name not in ("drivers.gpio", "drivers.camera")
-    try:
-        result = Rig(scenario).run()
-    finally:
-        sc.module_exists = original
+    scenario = parse('needs = ["gpio", "vision"]\n[[expect]]\nall_synced = true', tmp_path / "x.toml")
+    monkeypatch.setattr(sc, "module_exists", lambda name: name not in ("drivers.gpio", "drivers.camera"))
+    monkeypatch.setattr(sc, "REPO", tmp_path)              # no trained model files here
+    result = Rig(scenario).run()
     assert result.status == SKIP
-    assert result.reason == "not built yet: drivers.gpio, drivers.camera"
+    assert result.reason == ("not built yet: drivers.gpio, drivers.camera, file:models/manifest.json, "
+                             "file:models/plate_ocr.onnx")
     assert "SKIPPED" in table([result]) and "not built yet: drivers.gpio" in table([result])
 
 
