@@ -172,6 +172,7 @@ class AlarmPanel:
             self._open()
         except Exception:
             self.pins.close()
+            self.pins, self.buttons = None, []
             raise
         self.bus.subscribe(topics.DRILL, self._on_drill)
         self.store.sent_listeners.append(self._on_sent)

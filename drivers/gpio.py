@@ -124,7 +124,8 @@ class GpioPins:
         out = Output(name, spec.pin, spec.active_high, self.pin_factory)
         self.opened.append(out)
         if out.found_active:
-            log.warning("%s (pin %d) was found energised; driven off", name, spec.pin)
+            log.warning("%s (pin %d) was found energised (left on by a crash, or the pin's "
+                        "power-on level on an active-low board); driven off", name, spec.pin)
         return out
 
     def input(self, name: str, spec) -> Contact | None:
