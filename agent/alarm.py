@@ -387,5 +387,6 @@ class AlarmPanel:
             (self.drill_lamp.on if state["on"] else self.drill_lamp.off)()
         if state != self._drill_shown:
             self._drill_shown = state
-            log.warning("drill mode %s (%s)", "ON" if state["on"] else "off", state["source"] or "-")
+            log.log(logging.WARNING if state["on"] else logging.INFO, "drill mode %s%s",
+                    "ON" if state["on"] else "off", f" ({state['source']})" if state["on"] else "")
             self.store.state_set("drill", dict(state, updated=now_wall))
