@@ -161,6 +161,7 @@ class AlarmPanel:
         self._next_drill_refresh = 0.0
         self._drill_shown: dict | None = None
         self._error: str | None = None
+        self._thread_local = threading.local()
 
     # --- lifecycle ---
 
@@ -172,6 +173,7 @@ class AlarmPanel:
             self._open()
         except Exception:
             self.pins.close()
+            self.pins, self.buttons = None, []
             raise
         self.bus.subscribe(topics.DRILL, self._on_drill)
         self.store.sent_listeners.append(self._on_sent)
@@ -258,6 +260,7 @@ class AlarmPanel:
                 return
             record = self._alarm_record(button, at)
             try:
+                self._no_checkpoints_here()
                 self.store.put(record)
             except Exception as exc:
                 log.critical("ALARM from button %s NOT STORED (%s): kept in memory, retrying",
@@ -268,6 +271,15 @@ class AlarmPanel:
         self._siren_on(at)
         log.warning("ALARM: button %s (%s)%s stored as %s", button.name, button.location,
                     " [drill]" if record.data["drill"] else "", record.uuid)
+
+    def _no_checkpoints_here(self) -> None:
+        """This thread's connection never runs a WAL checkpoint: an alarm commit must not pay
+        for copying pages another subsystem (a purge, a burst of reads) wrote. The other
+        connections keep SQLite's automatic checkpoints."""
+        db = self.store.db
+        if getattr(self._thread_local, "prepared", None) is not db:
+            db.execute("PRAGMA wal_autocheckpoint = 0")
+            self._thread_local.prepared = db
 
     def _alarm_record(self, button: Button, at: float):
         wall = time.time()
@@ -375,5 +387,6 @@ class AlarmPanel:
             (self.drill_lamp.on if state["on"] else self.drill_lamp.off)()
         if state != self._drill_shown:
             self._drill_shown = state
-            log.warning("drill mode %s (%s)", "ON" if state["on"] else "off", state["source"] or "-")
+            log.log(logging.WARNING if state["on"] else logging.INFO, "drill mode %s%s",
+                    "ON" if state["on"] else "off", f" ({state['source']})" if state["on"] else "")
             self.store.state_set("drill", dict(state, updated=now_wall))

@@ -33,15 +33,16 @@ class Lane:
     """One lane's barrier state machine. Not thread-safe: one LaneWorker drives it.
 
     `record(kind, data) -> Record` writes durably; `publish(topic, **payload)` is the bus.
-    Times are monotonic seconds, passed in so the machine can be driven without a clock.
+    Times are monotonic seconds from `clock` (a fake one drives the machine in tests);
+    a pulse is timed from the moment the relay moved, after the record was written.
     """
 
     def __init__(self, spec, *, relay=None, confirm=None, presence=None, manual=None, lamp=None,
-                 record, publish):
+                 record, publish, clock=time.monotonic):
         self.spec = spec
         self.name = spec.name
         self.relay, self.lamp = relay, lamp
-        self.record, self.publish = record, publish
+        self.record, self.publish, self.clock = record, publish, clock
         self.energised_opens = spec.fail_mode == "secure"
         self.is_open = False
         self.pulse_until: float | None = None
@@ -56,7 +57,7 @@ class Lane:
 
     # --- requests ---
 
-    def open(self, cause: str, ref: str | None = None, source: str = "bus", now: float = 0.0) -> None:
+    def open(self, cause: str, ref: str | None = None, source: str = "bus") -> None:
         """Open the barrier: record, then pulse or hold the relay, then wait for the confirm input."""
         mode = self.spec.barrier_mode
         rec = self._record_barrier("open", cause, ref, source)
@@ -66,6 +67,7 @@ class Lane:
             log.warning("lane %s: open (%s) asked, but no barrier relay is fitted", self.name, cause)
             return
         self._drive(open_=True)
+        now = self.clock()
         self.is_open = True
         if mode == "pulse":
             self.pulse_until = now + self.spec.pulse_s
@@ -74,7 +76,7 @@ class Lane:
         if self.confirm is not None:
             self.confirm_by = None if self.confirm.state else now + self.spec.confirm_timeout_s
 
-    def close(self, cause: str, ref: str | None = None, source: str = "bus", now: float = 0.0) -> None:
+    def close(self, cause: str, ref: str | None = None, source: str = "bus") -> None:
         """Close: release a held barrier (or hold a fail-safe one closed); cut a pulse short.
         In pulse mode the barrier controller closes the barrier itself."""
         self._record_barrier("close", cause, ref, source)
@@ -84,12 +86,12 @@ class Lane:
         if self.relay is not None:
             self._drive(open_=False)
 
-    def attention(self, reason: str, ref: str | None = None, now: float = 0.0) -> None:
+    def attention(self, reason: str, ref: str | None = None) -> None:
         """Light the guard lamp for guard_lamp_s (a barrier action puts it out sooner)."""
         if self.lamp is None:
             return
         self.lamp.on()
-        self.lamp_until = now + self.spec.guard_lamp_s
+        self.lamp_until = self.clock() + self.spec.guard_lamp_s
         log.info("lane %s: guard attention (%s)", self.name, reason)
 
     # --- inputs (raw edges, debounced here) ---
@@ -105,7 +107,7 @@ class Lane:
     def on_manual(self, active: bool, at: float) -> None:
         if self.manual is not None and self.manual.edge(active, at):
             log.warning("lane %s: guard's manual open", self.name)
-            self.open("guard", source="manual_open", now=at)
+            self.open("guard", source="manual_open")
 
     def _presence_changed(self, state: bool | None) -> None:
         if state is not None:
@@ -130,7 +132,7 @@ class Lane:
             self.pulse_until = None
             self._drive(open_=False)
         if self.hold_until is not None and now >= self.hold_until:
-            self.close("hold_expired", self.last_open_ref, source="hold_s", now=now)
+            self.close("hold_expired", self.last_open_ref, source="hold_s")
         if self.confirm_by is not None and now >= self.confirm_by:
             self.confirm_by = None
             self._not_confirmed()
@@ -181,10 +183,10 @@ class Lane:
 
     # --- start and stop ---
 
-    def start(self, now: float) -> None:
+    def start(self) -> None:
         """A fail-safe lane's barrier opened when the relay dropped: hold it closed again."""
         if self.relay is not None and not self.energised_opens:
-            self.close("start", source="start", now=now)
+            self.close("start", source="start")
 
     def stop(self) -> None:
         """Record what letting go of the relay does to the barrier; the driver drops it."""
@@ -211,7 +213,7 @@ class LaneWorker:
         self.queue.put((method, args, kwargs))
 
     def start(self) -> None:
-        self.post("start", time.monotonic())
+        self.post("start")
         self.thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
@@ -231,8 +233,6 @@ class LaneWorker:
                     return
                 if item:
                     method, args, kwargs = item
-                    if method in ("open", "close", "attention"):
-                        kwargs.setdefault("now", time.monotonic())
                     getattr(self.lane, method)(*args, **kwargs)
                 self.lane.tick(time.monotonic())
         except Exception as exc:

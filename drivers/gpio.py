@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Callable
 
-from gpiozero import DigitalInputDevice, DigitalOutputDevice
+from gpiozero import CallbackSetToNone, DigitalInputDevice, DigitalOutputDevice
 
 log = logging.getLogger("gate.gpio")
 
@@ -84,15 +85,20 @@ class Contact:
         """callback(active, monotonic time) on every raw edge, bounces included."""
         self._when_changed = callback
         if callback is None:
-            self.device.when_activated = self.device.when_deactivated = None
+            self._detach()
             return
         invert = self._invert
         self.device.when_activated = lambda: callback(not invert, time.monotonic())
         self.device.when_deactivated = lambda: callback(invert, time.monotonic())
 
+    def _detach(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CallbackSetToNone)  # meant: we detach on purpose
+            self.device.when_activated = self.device.when_deactivated = None
+
     def close(self) -> None:
         if not self.device.closed:
-            self.device.when_activated = self.device.when_deactivated = None
+            self._detach()
             self.device.close()
 
     def __repr__(self) -> str:
@@ -118,7 +124,8 @@ class GpioPins:
         out = Output(name, spec.pin, spec.active_high, self.pin_factory)
         self.opened.append(out)
         if out.found_active:
-            log.warning("%s (pin %d) was found energised; driven off", name, spec.pin)
+            log.warning("%s (pin %d) was found energised (left on by a crash, or the pin's "
+                        "power-on level on an active-low board); driven off", name, spec.pin)
         return out
 
     def input(self, name: str, spec) -> Contact | None:

@@ -295,3 +295,25 @@ def test_drill_requests_expire_and_are_capped(store):
         parse_window("2026-03-15T10:00/30", "Asia/Shanghai")[0] == 1800
     with pytest.raises(ValueError, match="YYYY-MM-DDTHH:MM/MINUTES"):
         parse_window("2026-03-15 10:00")
+
+
+def test_the_alarm_path_does_not_wait_for_a_stuck_subscriber(config_file, factory):
+    """A camera pipeline stuck in its PRESENCE handler holds up neither GPIO edges nor alarms."""
+    import threading
+    gate = make_gate(config_file(ALARM + '\n[[lanes]]\nname = "in2"\npresence = { pin = 27 }\n'), factory)
+    stuck, entered = threading.Event(), threading.Event()
+
+    def slow_camera(**_):
+        entered.set()
+        stuck.wait(10)
+    gate.bus.subscribe(topics.PRESENCE, slow_camera)
+    gate.start()
+    try:
+        factory.pin(27).drive_low()  # a vehicle: the lane's worker calls the stuck handler
+        assert entered.wait(3)
+        press(factory)
+        assert alarms(gate), "the alarm waited for the presence handler"
+        assert not stuck.is_set()
+    finally:
+        stuck.set()
+        gate.stop()
