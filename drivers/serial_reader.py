@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import termios
 import threading
 import time
 
@@ -24,6 +25,8 @@ log = logging.getLogger("gate.readers")
 
 READ_COMMANDS = (idcard.READ_TEXT_PHOTO, idcard.READ_TEXT_PHOTO_FINGERPRINT)
 LARGEST_REPLY = 2400
+PORT_ERRORS = (serial.SerialException, OSError, termios.error)
+"""What a vanished port raises: pyserial's errors, EIO, and termios.error from a hung-up tty."""
 CARD_FAILURES = {0x31, 0x32, 0x33, 0x40, 0x41, 0x47, 0x81, 0x24}
 """Statuses that concern the card on the reader (badly placed, damaged, fake), not the reader."""
 
@@ -111,7 +114,7 @@ class IdCardLink:
         try:
             self.port.reset_input_buffer()
             self.port.write(request)
-        except (serial.SerialException, OSError) as exc:
+        except PORT_ERRORS as exc:
             raise LinkLost(f"writing to {self.port.port}: {exc}") from None
 
     def _await(self, timeout: float) -> idcard.Frame | None:
@@ -119,7 +122,7 @@ class IdCardLink:
         while time.monotonic() < deadline:
             try:
                 chunk = self.port.read(max(1, self.port.in_waiting))
-            except (serial.SerialException, OSError) as exc:
+            except PORT_ERRORS as exc:
                 raise LinkLost(f"reading {self.port.port}: {exc}") from None
             if chunk:
                 frames = self.parser.feed(chunk)
@@ -471,7 +474,7 @@ class BadgePoller(_PortLoop):
         while not self._stop.is_set():
             try:
                 chunk = self.serial.read(max(1, self.serial.in_waiting))
-            except (serial.SerialException, OSError) as exc:
+            except PORT_ERRORS as exc:
                 raise LinkLost(f"reading {self.port_name}: {exc}") from None
             rejected = self.parser.rejected
             for badge in self.parser.feed(chunk):
