@@ -401,13 +401,23 @@ class IdCardPoller(_PortLoop):
         self._empty_polls = 0
         if not link.select():
             return None
-        card = card_from(self._read(link), self._today())
+        data = self._read(link)
+        try:
+            card = card_from(data, self._today())
+        except ValueError as exc:
+            self._fault("unreadable_card", f"{self.port_name}: {exc}", every_s=60)
+            return None
         if card["id_number"] == self.present:
             return None
+        if self.when_card:
+            try:
+                self.when_card(card)
+            except Exception:
+                log.exception("reader %s: handling a card read failed; it will be read again",
+                              self.name)
+                return None
         self.present = card["id_number"]
         self.reads += 1
-        if self.when_card:
-            self.when_card(card)
         return card
 
     def _read(self, link: IdCardLink) -> idcard.CardData:
@@ -491,4 +501,7 @@ class BadgePoller(_PortLoop):
             return
         self.reads += 1
         if self.when_badge:
-            self.when_badge(badge)
+            try:
+                self.when_badge(badge)
+            except Exception:
+                log.exception("reader %s: handling a badge read failed", self.name)

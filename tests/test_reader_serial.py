@@ -379,3 +379,31 @@ def test_cli_list_and_simulate(tmp_path):
     bad.write_text(json.dumps([{"kind": "passport"}]))
     result = runner.invoke(cli, ["reader", "simulate", "--cards", str(bad), "--seconds", "0.1"])
     assert result.exit_code == 2 and "passport" in result.output
+
+
+def test_a_failing_record_handler_means_the_card_is_read_again(sim):
+    calls = []
+
+    def flaky(card):
+        calls.append(card)
+        if len(calls) == 1:
+            raise OSError("disk full")
+    poller = IdCardPoller(sim.port, when_card=flaky, **FAST)
+    poller.start()
+    try:
+        sim.place(Card.resident())
+        wait_for(lambda: poller.reads == 1, what="the retried read")
+        assert len(calls) == 2 and poller.health()["state"] == "ok"
+    finally:
+        poller.stop()
+
+
+def test_unknown_card_type_is_a_fault_not_a_crash(sim, poller_for):
+    poller, got = poller_for(sim.port)
+    card = Card.resident()
+    text = bytearray(card.text())
+    text[248:250] = "Q".encode("utf-16-le")
+    card.text = lambda: bytes(text)
+    sim.place(card)
+    wait_for(lambda: "unreadable_card" in got.conditions())
+    assert poller.health()["state"] == "ok" and got.cards == []
