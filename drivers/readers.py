@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import datetime as dt
 import ctypes.util
 import logging
 import os
+from zoneinfo import ZoneInfo
 
 from agent import idcard
 from drivers.serial_reader import BadgePoller, IdCardPoller
@@ -138,9 +140,11 @@ class CardReader(_ReaderSubsystem):
 
     def __init__(self, gate, cfg):
         keep = list(gate.config.privacy.keep_card_fields)
+        zone = ZoneInfo(gate.config.device.timezone)
         poller = IdCardPoller(cfg.port, baud=cfg.baud, poll_s=cfg.poll_s, name=cfg.name,
                               fingerprint="fingerprint" in keep, when_card=self._card,
-                              when_fault=self._fault)
+                              when_fault=self._fault,
+                              today=lambda: dt.datetime.now(zone).date())
         super().__init__(gate, cfg, poller)
         self.keep = keep
         if "photo" in keep:

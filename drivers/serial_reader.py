@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import termios
 import threading
 import time
 
@@ -24,6 +25,8 @@ log = logging.getLogger("gate.readers")
 
 READ_COMMANDS = (idcard.READ_TEXT_PHOTO, idcard.READ_TEXT_PHOTO_FINGERPRINT)
 LARGEST_REPLY = 2400
+PORT_ERRORS = (serial.SerialException, OSError, termios.error)
+"""What a vanished port raises: pyserial's errors, EIO, and termios.error from a hung-up tty."""
 CARD_FAILURES = {0x31, 0x32, 0x33, 0x40, 0x41, 0x47, 0x81, 0x24}
 """Statuses that concern the card on the reader (badly placed, damaged, fake), not the reader."""
 
@@ -111,7 +114,7 @@ class IdCardLink:
         try:
             self.port.reset_input_buffer()
             self.port.write(request)
-        except (serial.SerialException, OSError) as exc:
+        except PORT_ERRORS as exc:
             raise LinkLost(f"writing to {self.port.port}: {exc}") from None
 
     def _await(self, timeout: float) -> idcard.Frame | None:
@@ -119,7 +122,7 @@ class IdCardLink:
         while time.monotonic() < deadline:
             try:
                 chunk = self.port.read(max(1, self.port.in_waiting))
-            except (serial.SerialException, OSError) as exc:
+            except PORT_ERRORS as exc:
                 raise LinkLost(f"reading {self.port.port}: {exc}") from None
             if chunk:
                 frames = self.parser.feed(chunk)
@@ -398,13 +401,23 @@ class IdCardPoller(_PortLoop):
         self._empty_polls = 0
         if not link.select():
             return None
-        card = card_from(self._read(link), self._today())
+        data = self._read(link)
+        try:
+            card = card_from(data, self._today())
+        except ValueError as exc:
+            self._fault("unreadable_card", f"{self.port_name}: {exc}", every_s=60)
+            return None
         if card["id_number"] == self.present:
             return None
+        if self.when_card:
+            try:
+                self.when_card(card)
+            except Exception:
+                log.exception("reader %s: handling a card read failed; it will be read again",
+                              self.name)
+                return None
         self.present = card["id_number"]
         self.reads += 1
-        if self.when_card:
-            self.when_card(card)
         return card
 
     def _read(self, link: IdCardLink) -> idcard.CardData:
@@ -471,7 +484,7 @@ class BadgePoller(_PortLoop):
         while not self._stop.is_set():
             try:
                 chunk = self.serial.read(max(1, self.serial.in_waiting))
-            except (serial.SerialException, OSError) as exc:
+            except PORT_ERRORS as exc:
                 raise LinkLost(f"reading {self.port_name}: {exc}") from None
             rejected = self.parser.rejected
             for badge in self.parser.feed(chunk):
@@ -488,4 +501,7 @@ class BadgePoller(_PortLoop):
             return
         self.reads += 1
         if self.when_badge:
-            self.when_badge(badge)
+            try:
+                self.when_badge(badge)
+            except Exception:
+                log.exception("reader %s: handling a badge read failed", self.name)
