@@ -317,7 +317,9 @@ class SyncEngine:
         if error and any(word in error.upper() for word in ("SSL", "ALERT", "CERTIFICATE")):
             self._lost("tls_refused", f"TLS refused by the broker ({error}): check mqtt.cert_file "
                                       "and mqtt.key_file")
-        elif self.link.condition in ("connected", "starting", "publish_refused"):
+        elif self.link.condition == "tls_refused" and not error:
+            return   # the same refusal, said less clearly this time: keep the clear reason
+        elif self.link.condition in ("connected", "starting", "publish_refused", "unreachable"):
             self._lost("unreachable", f"connection lost ({error or mqtt.error_string(rc)})")
 
     def _connect(self) -> None:

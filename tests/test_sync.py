@@ -195,7 +195,7 @@ def test_tls_refusal_is_reported_and_nothing_dropped(setup, tls_broker, tmp_path
         assert health["state"] == "degraded" and "TLS refused" in health["detail"]
         assert "TLS refused" in caplog.text
         assert store.depth()["by_priority"]["alarm"] == 1
-        assert store.state_get("sync")["condition"] == "tls_refused"
+        assert wait_until(lambda: (store.state_get("sync") or {}).get("condition") == "tls_refused")
     finally:
         sync.stop()
 
