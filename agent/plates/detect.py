@@ -279,7 +279,19 @@ def box_iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def _area(box) -> float:
+    return max(0, box[2] - box[0]) * max(0, box[3] - box[1])
+
+
 def _suppress(candidates: list[Detection], keep: int, iou: float = 0.3) -> list[Detection]:
+    """Best-first non-maximum suppression. The characters of a coloured plate (found as a
+    'white', 'black' or stroke region inside a blue, yellow or green one of similar
+    score) give way to the plate first."""
+    inner = {id(c) for c in candidates for o in candidates
+             if o is not c and c.color_hint in ("white", "black", "")
+             and o.color_hint in ("blue", "yellow", "green") and _contains(o.box, c.box)
+             and o.score >= c.score - 0.2}
+    candidates = [c for c in candidates if id(c) not in inner]
     chosen: list[Detection] = []
     for cand in sorted(candidates, key=lambda c: c.score, reverse=True):
         if all(box_iou(cand.box, c.box) < iou and not _contains(c.box, cand.box) for c in chosen):
