@@ -19,6 +19,8 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,6 +253,7 @@ class AgentProcess:
         self.log_path = workdir / "agent.log"
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.groups: list[int] = []
 
     def env(self) -> dict:
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -274,6 +277,7 @@ class AgentProcess:
             log.flush()
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env(),
                                          cwd=self.workdir, start_new_session=True)
+        self.groups.append(self.proc.pid)
 
     def check_alive(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -281,9 +285,27 @@ class AgentProcess:
             raise RigError(f"the agent exited (code {code}); its log ends:\n{self.log_tail()}")
 
     def kill(self) -> None:
+        """SIGKILL the agent's main process only, as the kernel's OOM killer would; its
+        children (the vision process) must notice and go by themselves."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
+
+    def reap_orphans(self) -> list[str]:
+        """Kill what is left of every process group the rig started; say what was left."""
+        left = []
+        for group in self.groups:
+            try:
+                os.killpg(group, 0)
+            except (ProcessLookupError, PermissionError):
+                continue
+            left.append(f"processes of agent start #{self.groups.index(group) + 1} (group {group}) "
+                        "outlived it; killed by the rig")
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return left
 
     def stop(self, timeout: float = 10.0) -> int | None:
         if not self.proc:
@@ -460,6 +482,9 @@ class Rig:
                 result.status = PASS
         except (RigError, PinsUnavailable, OSError, subprocess.SubprocessError) as exc:
             result.status, result.reason = ERROR, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug in the rig or a simulator: report it, run the next scenario
+            result.status, result.reason = ERROR, f"rig bug? {type(exc).__name__}: {exc}"
+            self.notes.append(traceback.format_exc())
         finally:
             result.notes = self.notes
             if self.agent:
@@ -538,6 +563,8 @@ class Rig:
             code = self.agent.stop()
             if code not in (0, None, -9) and result.status == PASS:
                 result.status, result.reason = FAIL, f"the agent exited with {code} on SIGTERM"
+            time.sleep(0.2)
+            self.notes.extend(self.agent.reap_orphans())
         if self.collector:
             self.collector.stop()
         if self.broker:
@@ -592,7 +619,7 @@ class Rig:
 
     def _do_car(self, step, lane, plate, color, image, frames, dwell_s, presence, rng=None):
         import numpy as np
-        rng = rng or np.random.default_rng(abs(hash(plate)) % 2**32)
+        rng = rng or np.random.default_rng(zlib.crc32(plate.encode()))
         jpegs = [self.frames.render(plate, color, image, rng) for _ in range(frames)]
         at = time.monotonic()
         paths = [self.frames.put(lane, jpeg) for jpeg in jpegs]
