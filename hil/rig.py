@@ -620,9 +620,9 @@ class Rig:
     def _do_car(self, step, lane, plate, color, image, frames, dwell_s, presence, rng=None):
         import numpy as np
         rng = rng or np.random.default_rng(zlib.crc32(plate.encode()))
-        jpegs = [self.frames.render(plate, color, image, rng) for _ in range(frames)]
+        jpeg = self.frames.render(plate, color, image, rng)   # one car, seen in `frames` frames
         at = time.monotonic()
-        paths = [self.frames.put(lane, jpeg) for jpeg in jpegs]
+        paths = [self.frames.put(lane, jpeg) for _ in range(frames)]
         self.vehicles += 1
         presence_pin = f"{lane}.presence" if presence and f"{lane}.presence" in self.site.pins else None
         if presence_pin:
