@@ -321,6 +321,14 @@ class AgentProcess:
                     log.write(f"--- rig: agent ignored SIGTERM for {timeout} s: killed ---\n".encode())
         return self.proc.returncode
 
+    def running_logged(self) -> bool:
+        """The current start has logged "gate-agent running" (every subsystem started)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return False
+        return '"gate-agent running' in text.rsplit(f"--- rig: start #{self.starts} ---", 1)[-1]
+
     def log_tail(self, lines: int = 25) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -553,6 +561,11 @@ class Rig:
         if reply.get("missing_areas"):
             self.notes.append(f"agent start #{self.agent.starts}: areas not built: "
                               + ", ".join(a.split(" ")[0] for a in reply["missing_areas"]))
+        while not self.agent.running_logged():
+            self.agent.check_alive()
+            if time.monotonic() > deadline:
+                raise RigError(f"the agent did not say it was running in 30 s:\n{self.agent.log_tail()}")
+            time.sleep(0.05)
 
     def _teardown(self, result: Result) -> None:
         for timer in self._timers:
@@ -589,8 +602,8 @@ class Rig:
                 time.sleep(step.wait_s)
             self.say(f"  {step}")
             at = getattr(self, f"_do_{step.do}")(step, **step.args)
-            if step.id:
-                self.times[step.id] = at if at is not None else time.monotonic()
+            if step.id and at is not None:     # None: the step could not be played (not wired)
+                self.times[step.id] = at
             if self.agent.proc and step.do not in ("kill",):
                 self.agent.check_alive()
         self.t_end = time.monotonic()
@@ -732,7 +745,12 @@ class Rig:
         from agent.bus import DRILL
         at = time.monotonic()
         until = time.time() + minutes * 60 if on else None
-        if self.pins.bus(DRILL, on=on, source="command", until=until) == 0:
+        try:
+            handlers = self.pins.bus(DRILL, on=on, source="command", until=until)
+        except PinsUnavailable as exc:
+            self.notes.append(f"stimulus skipped: {exc}")
+            return None
+        if handlers == 0:
             self.notes.append("drill: nothing in the agent listens to the drill bus topic")
         return at
 
