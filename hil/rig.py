@@ -780,6 +780,12 @@ class Rig:
                                           f"scenario timeout ({self.scenario.timeout_s:g} s) before it was decided")
                 break
             time.sleep(0.1)
+        for i, expect in enumerate(expects):
+            check = checks[i]
+            if expect.kind == "record" and not expect.never and check.status == FAIL and check.measured_ms is None:
+                late = self._matching(expect, self._ref(expect))
+                if late:
+                    check.detail += f"; it came {(late[0][0] - self._ref(expect)) * 1000:.0f} ms after the step"
         return [checks[i] for i in range(len(expects))]
 
     def _ref(self, expect: Expect) -> float:
