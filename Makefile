@@ -26,5 +26,8 @@ $(STAMP): pyproject.toml
 bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+hil: $(STAMP)
+	$(PY) -m agent hil run --junit hil-report.xml
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

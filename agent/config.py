@@ -181,6 +181,19 @@ def _site_check(value: str) -> str | None:
     return None
 
 
+def _drill_schedule_check(value: list) -> str | None:
+    from agent.alarm import schedule_problem
+    return schedule_problem(value)
+
+
+def _card_fields_check(value: list) -> str | None:
+    from agent.idcard import CARD_FIELDS
+    unknown = [v for v in value if v not in CARD_FIELDS]
+    if unknown:
+        return f"unknown card field(s) {', '.join(map(repr, unknown))}; known: {', '.join(CARD_FIELDS)}"
+    return None
+
+
 RETENTION_HELP = "days to keep; 30 (video/images rule), 90 (anti-terrorism key targets), 180 (banks)"
 RECORD_KINDS = ("alarm", "alert", "tamper", "access_decision", "barrier", "command",
                 "plate_read", "card_read", "badge_read", "fault", "health")
@@ -230,6 +243,8 @@ LANE = Table({
     "presence": _input("vehicle presence (loop detector or photo-eye)", debounce=0.2),
     "manual_open": _input("guard's manual open button"),
     "guard_lamp": _output("guard's attention lamp or buzzer"),
+    "guard_lamp_s": Value(float, 60.0, "how long the guard lamp stays lit after a request for "
+                          "attention (a barrier action on the lane puts it out sooner)", min=1, max=3600),
     "camera": Value(str, "", "camera source for this lane: 'picamera2', a device number, "
                     "an rtsp:// or http:// URL, a video file, or a folder of images; empty: none"),
     "trigger": Value(str, "motion", "when to look for plates", choices=("motion", "presence", "continuous")),
@@ -271,6 +286,8 @@ SCHEMA = Table({
         "buttons": TableList(ALARM_BUTTON),
         "siren": _output("siren / strobe output"),
         "siren_s": Value(float, 60.0, "siren on time after a press", min=0, max=3600),
+        "repeat_window_s": Value(float, 120.0, "a press within this of the same button's previous "
+                                 "alarm is still a new alarm, marked repeat_of the first", min=0, max=3600),
         "ack_lamp": _output("lamp lit when the platform confirmed an alarm"),
         "ack_lamp_s": Value(float, 300.0, "how long the acknowledgement lamp stays lit", min=1, max=86400),
         "drill_lamp": _output("lamp that shows drill mode is on"),
@@ -287,7 +304,8 @@ SCHEMA = Table({
                           "32-byte data encryption key (created by provisioning, mode 0600)",
                           secret_file=True),
         "keep_card_fields": Value(list, ["name", "id_number", "card_kind", "valid_from", "valid_to"],
-                                  "ID card fields stored and sent; add 'address', 'photo' only if needed"),
+                                  "ID card fields stored and sent; add 'address', 'photo' only if needed",
+                                  check=_card_fields_check),
     }, help="Personal information: what is kept, and the key that encrypts it at rest."),
     "mqtt": Table({
         "url": Value(str, "mqtts://platform.example:8883", "broker URL", check=_url_check),
@@ -327,7 +345,8 @@ SCHEMA = Table({
                                "key for the keyed hashes of ID numbers in lists", secret_file=True),
     }, help="Who may pass."),
     "drills": Table({
-        "schedule": Value(list, [], "drill windows as 'YYYY-MM-DDTHH:MM/MINUTES' strings"),
+        "schedule": Value(list, [], "drill windows as 'YYYY-MM-DDTHH:MM/MINUTES' strings "
+                          "(device time zone)", check=_drill_schedule_check),
     }, help="Emergency drills (at least twice a year)."),
     "log": Table({
         "level": Value(str, "info", "log level", choices=("debug", "info", "warning", "error")),
@@ -403,6 +422,14 @@ def _cross_checks(config: Config, problems: list[str]) -> None:
         if roi and (len(roi) != 4 or not all(isinstance(v, int) and v >= 0 for v in roi)
                     or roi[2] <= roi[0] or roi[3] <= roi[1]):
             problems.append(f"lanes[{i}].roi = {roi!r}: expected [x1, y1, x2, y2] with x2 > x1, y2 > y1")
+    for i, lane in enumerate(config.lanes):
+        if lane.fail_mode == "safe" and lane.barrier_mode == "pulse" and lane.barrier.pin is not None:
+            problems.append(f"lanes[{i}].fail_mode = 'safe': needs barrier_mode = 'hold' (a pulsed "
+                            "relay cannot hold a barrier closed; use the barrier controller's own "
+                            "fail-safe input instead)")
+    buttons = [b.name for b in config.alarm.buttons]
+    for name in sorted({n for n in buttons if buttons.count(n) > 1}):
+        problems.append(f"alarm.buttons.name = {name!r}: used by more than one button")
     if config.mqtt.url.startswith("mqtt://") and not config.mqtt.allow_plaintext:
         problems.append(f"mqtt.url = {config.mqtt.url!r}: plaintext MQTT needs mqtt.allow_plaintext = true")
     problems += pin_conflicts(config)
@@ -417,7 +444,8 @@ def pin_assignments(config: Config) -> list[tuple[str, int]]:
             if dev.__dict__.get("pin") is not None:
                 used.append((f"lanes[{i}].{part}", dev.pin))
     for i, button in enumerate(config.alarm.buttons):
-        used.append((f"alarm.buttons[{i}]", button.pin))
+        if button.pin is not None:
+            used.append((f"alarm.buttons[{i}]", button.pin))
     for part in ("siren", "ack_lamp", "drill_lamp"):
         dev = getattr(config.alarm, part)
         if dev.__dict__.get("pin") is not None:
@@ -430,10 +458,23 @@ def pin_conflicts(config: Config) -> list[str]:
     problems = []
     for key, pin in pin_assignments(config):
         if pin in seen:
-            problems.append(f"{key}.pin = {pin}: already used by {seen[pin]}")
+            problems.append(f"{key}.pin = {pin}: already used by {seen[pin]} "
+                            f"({_device_label(config, seen[pin])}); the "
+                            f"{_device_label(config, key)} needs a pin of its own")
         else:
             seen[pin] = key
     return problems
+
+
+def _device_label(config: Config, key: str) -> str:
+    """'lane 'in1' barrier' for 'lanes[0].barrier': the device named as the installer knows it."""
+    if key.startswith("lanes["):
+        index, part = key[len("lanes["):].split("].")
+        return f"lane {config.lanes[int(index)].name!r} {part}"
+    if key.startswith("alarm.buttons["):
+        index = int(key[len("alarm.buttons["):].rstrip("]"))
+        return f"alarm button {config.alarm.buttons[index].name!r}"
+    return key.replace("alarm.", "alarm ").replace("_", " ")
 
 
 def secret_paths(config: Config) -> list[tuple[str, str]]:

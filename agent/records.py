@@ -32,7 +32,7 @@ class Kind:
 
 KINDS = {k.name: k for k in (
     Kind("alarm", ALARM, ("button", "location", "drill", "pressed_at")),
-    Kind("alert", ALARM, ("reason", "lane", "near")),
+    Kind("alert", ALARM, ("reason", "lane", "near"), personal=("name", "id_number")),
     Kind("tamper", DECISION, ("source", "condition")),
     Kind("access_decision", DECISION, ("lane", "outcome", "rule", "inputs", "decision_ms"),
          personal=("name", "id_number")),
@@ -42,7 +42,8 @@ KINDS = {k.name: k for k in (
                               "pass_time", "motor_vehicle")),
     Kind("card_read", READ, ("reader", "card_kind", "id_number"),
          personal=("name", "id_number", "address", "photo", "fingerprint", "english_name",
-                   "chinese_name")),
+                   "chinese_name", "photo_image", "birth_date", "nation_code", "nation",
+                   "nation_en", "pass_number", "new_address")),
     Kind("badge_read", READ, ("reader", "format", "badge")),
     Kind("fault", READ, ("subsystem", "condition", "detail")),
     Kind("health", HEALTH, ("outbox", "subsystems", "disk_free_mb", "versions")),

@@ -38,6 +38,12 @@ def simulated_pins():
     return MockFactory(pin_class=MockPWMPin)
 
 
+def _hil_control(gate):
+    """The HIL rig's hand on the mock pins, if $GATE_HIL_CONTROL asks for it (docs/hil.md)."""
+    from hil.control import serve_if_asked
+    return serve_if_asked(gate)
+
+
 def run_gate(config, simulate: bool = False, stop_event: threading.Event | None = None) -> int:
     from agent.gate import Gate
     setup_logging(config.log.level)
@@ -48,6 +54,7 @@ def run_gate(config, simulate: bool = False, stop_event: threading.Event | None 
         print(f"gate-agent: {exc}", file=sys.stderr)
         return 2
     gate.build()
+    control = _hil_control(gate) if simulate else None
     stop = stop_event or threading.Event()
 
     def on_signal(signum, _frame):
@@ -61,5 +68,7 @@ def run_gate(config, simulate: bool = False, stop_event: threading.Event | None 
     while not stop.wait(0.5):
         pass
     gate.stop()
+    if control:
+        control.stop()
     log.info("gate-agent stopped cleanly")
     return 0

@@ -1,0 +1,392 @@
+"""One-key alarm buttons: every press written durably first, then the siren.
+
+The press path, in the thread that saw the edge (gpiozero's callback thread):
+debounce in memory, build the record, `Store.put` it (one short SQLite
+transaction on this thread's own connection: it becomes the first record in
+the outbox, priority 0), then turn the siren on. Nothing on that path waits for
+the camera pipeline, the sync or the purge, and no lock is shared with them.
+
+Presses (documented in docs/gpio.md):
+- a press counts at its first edge; bounces and glitches shorter than the
+  button's debounce_s never make a second press;
+- a held button is one alarm, however long it is held;
+- every distinct press after a release is a new alarm record: nothing is
+  coalesced away. A press within alarm.repeat_window_s of the previous alarm of
+  the same button carries `repeat_of` (the first alarm's uuid) and `press`
+  (its number in that incident), so the platform can group them;
+- a button found pressed when the agent starts is not an alarm (a stuck or cut
+  contact would otherwise raise one at every restart): it is a "tamper" record
+  (condition active_at_start), and the button must be released before a press
+  counts.
+- an NC button whose contact stays open for tamper_s is a cut wire: a "tamper"
+  record (cut), and another (restored) when it closes again. The opening itself
+  already raised an alarm: an NC loop fails towards alarming.
+
+Drill mode marks alarms with drill=true. It is on while a request (from
+`gate-agent drill on`, or bus DRILL from a signed command, kept in the store
+under "drill_request" so it survives a restart) has not expired, or while a
+drills.schedule window is open. The agent publishes the effective state under
+"drill" and shows it on the drill lamp.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from agent import bus as topics
+from agent.debounce import PressDetector
+from agent.records import format_time, new_record
+
+log = logging.getLogger("gate.alarm")
+
+DRILL_MAX_S = 8 * 3600
+"""A drill request without an end (or a longer one) ends after this: a drill left on
+would mark real alarms as drills."""
+
+TICK_S = 0.1
+DRILL_REFRESH_S = 0.5
+
+
+# --- drill mode -----------------------------------------------------------------
+
+def parse_window(text: str, tz: str = "Asia/Shanghai") -> tuple[float, float]:
+    """'YYYY-MM-DDTHH:MM/MINUTES' in the device's time zone -> (start, end) epoch seconds."""
+    try:
+        start_text, minutes_text = text.split("/")
+        start = datetime.strptime(start_text, "%Y-%m-%dT%H:%M").replace(tzinfo=ZoneInfo(tz))
+        minutes = int(minutes_text)
+    except (ValueError, AttributeError):
+        raise ValueError(f"{text!r}: expected 'YYYY-MM-DDTHH:MM/MINUTES', "
+                         "e.g. '2026-03-15T10:00/30'") from None
+    if not 1 <= minutes <= DRILL_MAX_S // 60:
+        raise ValueError(f"{text!r}: minutes must be from 1 to {DRILL_MAX_S // 60}")
+    return start.timestamp(), start.timestamp() + minutes * 60
+
+
+def schedule_problem(value: list) -> str | None:
+    """Config check for drills.schedule: the first bad entry, explained."""
+    for item in value:
+        try:
+            parse_window(item)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+class Drill:
+    """Whether drill mode is on: a stored request, or a scheduled window."""
+
+    def __init__(self, store, schedule: list[str] = (), tz: str = "Asia/Shanghai"):
+        self.store = store
+        self.windows = [parse_window(item, tz) for item in schedule]
+        self.request: dict = {}
+
+    def refresh(self) -> None:
+        """Re-read the request from the store (the CLI writes it from another process)."""
+        self.request = self.store.state_get("drill_request", {}) or {}
+
+    def set(self, on: bool, source: str, until: float | None = None, now: float | None = None) -> dict:
+        """Request drill mode on (until an epoch time, at most DRILL_MAX_S from now) or off."""
+        now = time.time() if now is None else now
+        if on:
+            if until is None or until > now + DRILL_MAX_S:
+                log.warning("drill request from %s without an end within %d h: ends in %d h",
+                            source, DRILL_MAX_S // 3600, DRILL_MAX_S // 3600)
+                until = now + DRILL_MAX_S
+        request = {"on": bool(on), "source": source, "until": until if on else None, "set_at": now}
+        self.store.state_set("drill_request", request)
+        self.request = request
+        return request
+
+    def state(self, now: float | None = None) -> dict:
+        """{"on", "source", "until"} as of now: pure computation, safe on the alarm path."""
+        now = time.time() if now is None else now
+        request = self.request
+        if request.get("on") and (request.get("until") or 0) > now:
+            return {"on": True, "source": request.get("source", "cli"), "until": request["until"]}
+        for start, end in self.windows:
+            if start <= now < end:
+                return {"on": True, "source": "schedule", "until": end}
+        return {"on": False, "source": None, "until": None}
+
+
+# --- the panel ---------------------------------------------------------------------
+
+class Button:
+    """One alarm button's state; touched by the edge thread and the panel's timer thread."""
+
+    def __init__(self, spec, contact):
+        self.spec = spec
+        self.name, self.location, self.wiring = spec.name, spec.location, spec.wiring
+        self.contact = contact
+        self.lock = threading.Lock()
+        pressed = self.pressed_now()
+        self.detector = PressDetector(spec.debounce_s, pressed=pressed)
+        self.raw_pressed = pressed
+        self.raw_since = time.monotonic()
+        self.cut_reported = False
+        self.incident: str | None = None
+        self.incident_at = float("-inf")
+        self.presses = 0
+
+    def pressed_now(self) -> bool:
+        closed = self.contact.is_active
+        return closed if self.wiring == "no" else not closed
+
+
+class AlarmPanel:
+    """The alarm subsystem: buttons, siren, acknowledgement and drill lamps."""
+
+    name = "alarm"
+
+    def __init__(self, config, store, bus, open_pins):
+        self.config = config
+        self.alarm = config.alarm
+        self.store = store
+        self.bus = bus
+        self.open_pins = open_pins
+        self.tz = config.device.timezone
+        self.drill = Drill(store, config.drills.schedule, self.tz)
+        self.pins = None
+        self.buttons: list[Button] = []
+        self.siren = self.ack_lamp = self.drill_lamp = None
+        self._siren_off_at = self._ack_off_at = None
+        self._unacked: set[str] = set()
+        self._unstored: list = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_drill_refresh = 0.0
+        self._drill_shown: dict | None = None
+        self._error: str | None = None
+        self._thread_local = threading.local()
+
+    # --- lifecycle ---
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._error = None
+        self.pins = self.open_pins()
+        try:
+            self._open()
+        except Exception:
+            self.pins.close()
+            self.pins, self.buttons = None, []
+            raise
+        self.bus.subscribe(topics.DRILL, self._on_drill)
+        self.store.sent_listeners.append(self._on_sent)
+        self._thread = threading.Thread(target=self._run, name="alarm-timers", daemon=True)
+        self._thread.start()
+
+    def _open(self) -> None:
+        alarm = self.alarm
+        self.siren = self.pins.output("alarm.siren", alarm.siren)
+        self.ack_lamp = self.pins.output("alarm.ack_lamp", alarm.ack_lamp)
+        self.drill_lamp = self.pins.output("alarm.drill_lamp", alarm.drill_lamp)
+        found = [o.name for o in (self.siren, self.ack_lamp, self.drill_lamp) if o and o.found_active]
+        if found:
+            self.store.add("fault", {"subsystem": self.name, "condition": "outputs_found_active",
+                                     "detail": f"{', '.join(found)} found energised at start "
+                                               "(left on by a crash?); driven off"})
+        self._unacked = self._unsent_alarms()
+        self.buttons = []
+        for i, spec in enumerate(alarm.buttons):
+            contact = self.pins.button(f"alarm.buttons[{i}] {spec.name}", spec.pin, spec.wiring)
+            button = Button(spec, contact)
+            self.buttons.append(button)
+            contact.when_changed = lambda closed, at, b=button: self.on_edge(b, closed, at)
+            if button.pressed_now():
+                self._found_pressed(button)
+        self.drill.refresh()
+        self._show_drill(time.time())
+        log.info("alarm panel up: %d button(s), siren %s, drill %s", len(self.buttons),
+                 "fitted" if self.siren else "not fitted",
+                 "ON" if self.drill.state()["on"] else "off")
+
+    def _found_pressed(self, button: Button) -> None:
+        condition = "stuck closed or held" if button.wiring == "no" else "open: held or cut wire"
+        log.warning("alarm button %s found pressed at start (%s): not an alarm; "
+                    "it must be released first", button.name, condition)
+        self.store.add("tamper", {"source": "alarm_button", "condition": "active_at_start",
+                                  "button": button.name, "location": button.location,
+                                  "detail": condition})
+
+    def _unsent_alarms(self) -> set[str]:
+        rows = self.store.db.execute(
+            "SELECT uuid FROM records WHERE kind = 'alarm' AND sent_at IS NULL").fetchall()
+        return {uuid for (uuid,) in rows}
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+        self._thread = None
+        self.bus.unsubscribe(topics.DRILL, self._on_drill)
+        if self._on_sent in self.store.sent_listeners:
+            self.store.sent_listeners.remove(self._on_sent)
+        if self.pins:
+            active = [o.name for o in (self.siren, self.ack_lamp, self.drill_lamp) if o and o.is_active]
+            if active:
+                log.info("stopping: %s driven off", ", ".join(active))
+            self.pins.close()
+            self.pins = None
+        self.buttons = []
+
+    def health(self) -> dict:
+        if self._error:
+            return {"state": "fault", "detail": self._error}
+        if self.pins is None:
+            return {"state": "stopped", "detail": ""}
+        problems = [f"button {b.name} wire cut" for b in self.buttons if b.cut_reported]
+        if self._unstored:
+            problems.append(f"{len(self._unstored)} alarm(s) not stored yet")
+        drill = self.drill.state()
+        detail = f"{len(self.buttons)} button(s)" + (", DRILL MODE" if drill["on"] else "")
+        if problems:
+            return {"state": "degraded", "detail": "; ".join(problems), "drill": drill["on"]}
+        return {"state": "ok", "detail": detail, "drill": drill["on"]}
+
+    # --- the press path ---
+
+    def on_edge(self, button: Button, closed: bool, at: float) -> None:
+        """A raw edge of a button's contact (gpiozero's thread). A new press is stored first."""
+        pressed = closed if button.wiring == "no" else not closed
+        with button.lock:
+            if pressed != button.raw_pressed:
+                button.raw_pressed, button.raw_since = pressed, at
+            if not button.detector.edge(pressed, at):
+                return
+            record = self._alarm_record(button, at)
+            try:
+                self._no_checkpoints_here()
+                self.store.put(record)
+            except Exception as exc:
+                log.critical("ALARM from button %s NOT STORED (%s): kept in memory, retrying",
+                             button.name, exc)
+                self._unstored.append(record)
+            else:
+                self._unacked.add(record.uuid)
+        self._siren_on(at)
+        log.warning("ALARM: button %s (%s)%s stored as %s", button.name, button.location,
+                    " [drill]" if record.data["drill"] else "", record.uuid)
+
+    def _no_checkpoints_here(self) -> None:
+        """This thread's connection never runs a WAL checkpoint: an alarm commit must not pay
+        for copying pages another subsystem (a purge, a burst of reads) wrote. The other
+        connections keep SQLite's automatic checkpoints."""
+        db = self.store.db
+        if getattr(self._thread_local, "prepared", None) is not db:
+            db.execute("PRAGMA wal_autocheckpoint = 0")
+            self._thread_local.prepared = db
+
+    def _alarm_record(self, button: Button, at: float):
+        wall = time.time()
+        drill = self.drill.state(wall)
+        repeat = at - button.incident_at <= self.alarm.repeat_window_s and button.incident
+        button.presses = button.presses + 1 if repeat else 1
+        data = {"button": button.name, "location": button.location, "drill": drill["on"],
+                "pressed_at": format_time(wall, self.tz), "wiring": button.wiring,
+                "press": button.presses, "repeat_of": button.incident if repeat else None}
+        if drill["on"]:
+            data["drill_source"] = drill["source"]
+        record = new_record("alarm", data, device_id=self.store.device_id, site=self.store.site,
+                            tz=self.tz, at=wall)
+        if not repeat:
+            button.incident = record.uuid
+        button.incident_at = at
+        return record
+
+    def _siren_on(self, at: float) -> None:
+        if self.siren is None or self.alarm.siren_s <= 0:
+            return
+        self.siren.on()
+        off_at = at + self.alarm.siren_s
+        if self._siren_off_at is None or off_at > self._siren_off_at:
+            self._siren_off_at = off_at
+
+    def _on_sent(self, uuids: list[str]) -> None:
+        """The broker confirmed these records (sync's thread): light the ack lamp for alarms.
+        Set operations are atomic in CPython: no lock shared with the sync."""
+        confirmed = self._unacked.intersection(uuids)
+        if not confirmed:
+            return
+        self._unacked.difference_update(confirmed)
+        log.info("platform confirmed alarm(s) %s", ", ".join(sorted(confirmed)))
+        if self.ack_lamp is not None:
+            self.ack_lamp.on()
+            self._ack_off_at = time.monotonic() + self.alarm.ack_lamp_s
+
+    def _on_drill(self, on: bool, source: str = "command", until: float | None = None, **_):
+        self.drill.set(on, source, until)
+        self._show_drill(time.time())
+
+    # --- timers: siren, ack lamp, tamper, drill, retries ---
+
+    def _run(self) -> None:
+        while not self._stop.wait(TICK_S):
+            try:
+                self.tick(time.monotonic())
+            except Exception as exc:
+                log.exception("alarm timer round failed")
+                self._error = f"timer thread failed: {exc}"
+                return
+
+    def tick(self, now: float) -> None:
+        """One round of the panel's timers, as of monotonic time `now`."""
+        if self._siren_off_at is not None and now >= self._siren_off_at:
+            self._siren_off_at = None
+            if self.siren:
+                self.siren.off()
+        if self._ack_off_at is not None and now >= self._ack_off_at:
+            self._ack_off_at = None
+            if self.ack_lamp:
+                self.ack_lamp.off()
+        for button in self.buttons:
+            if button.wiring == "nc":
+                self._check_wire(button, now)
+        if self._unstored:
+            self._retry_unstored()
+        if now >= self._next_drill_refresh:
+            self._next_drill_refresh = now + DRILL_REFRESH_S
+            self.drill.refresh()
+            self._show_drill(time.time())
+
+    def _check_wire(self, button: Button, now: float) -> None:
+        with button.lock:
+            open_s = now - button.raw_since
+            if not button.cut_reported:
+                cut = button.raw_pressed and open_s >= button.spec.tamper_s
+            else:
+                cut = button.raw_pressed  # restored only when the contact closes again
+            if cut == button.cut_reported:
+                return
+            button.cut_reported = cut
+        condition = "cut" if cut else "restored"
+        log.error("alarm button %s (%s): wire %s", button.name, button.location, condition)
+        self.store.add("tamper", {"source": "alarm_button", "condition": condition,
+                                  "button": button.name, "location": button.location,
+                                  "open_s": round(open_s, 1) if cut else None})
+
+    def _retry_unstored(self) -> None:
+        while self._unstored:
+            record = self._unstored[0]
+            try:
+                self.store.put(record)
+            except Exception as exc:
+                log.error("alarm %s still not stored: %s", record.uuid, exc)
+                return
+            self._unstored.pop(0)
+            self._unacked.add(record.uuid)
+            log.warning("alarm %s stored late", record.uuid)
+
+    def _show_drill(self, now_wall: float) -> None:
+        state = self.drill.state(now_wall)
+        if self.drill_lamp is not None:
+            (self.drill_lamp.on if state["on"] else self.drill_lamp.off)()
+        if state != self._drill_shown:
+            self._drill_shown = state
+            log.log(logging.WARNING if state["on"] else logging.INFO, "drill mode %s%s",
+                    "ON" if state["on"] else "off", f" ({state['source']})" if state["on"] else "")
+            self.store.state_set("drill", dict(state, updated=now_wall))

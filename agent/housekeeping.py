@@ -1,0 +1,104 @@
+"""Housekeeping: a health record every mqtt.health_interval_s, and the retention/quota purge.
+
+The health record goes through the outbox like any record (priority 4, last).
+The platform's view of a full disk doesn't depend on it: the sync also
+publishes a retained status message directly (see agent/sync.py).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from agent.store import DiskFull, StoreError
+from agent.supervisor import DEGRADED, FAULT, OK, STARTING, STOPPED
+
+log = logging.getLogger("gate.housekeeping")
+
+PURGE_INTERVAL_S = 600.0
+
+
+def health_data(store) -> dict:
+    """The data of a health record: outbox, subsystems, disk, versions, link."""
+    from agent.sync import STATE_KEY, versions
+    depth = store.depth()
+    sync_state = store.state_get(STATE_KEY, {})
+    return {
+        "outbox": {"by_priority": depth["by_priority"], "total": depth["total"],
+                   "oldest_unsent_s": depth["oldest_unsent_s"]},
+        "subsystems": store.state_get("subsystems", {}),
+        "disk_free_mb": store.disk_free_mb(),
+        "disk_full": bool(store.disk_full),
+        "versions": dict(versions(), config=store.state_get("remote_config", {}).get("version"),
+                         lists=store.state_get("downlink.lists", {}).get("version")),
+        "link": {k: sync_state.get(k) for k in ("state", "condition", "detail", "connected")},
+    }
+
+
+class Housekeeping:
+    name = "housekeeping"
+
+    def __init__(self, store, health_interval_s: float, purge_interval_s: float = PURGE_INTERVAL_S):
+        self.store = store
+        self.health_interval_s = health_interval_s
+        self.purge_interval_s = purge_interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._state = {"state": STARTING, "detail": ""}
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="housekeeping", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self._state = {"state": STOPPED, "detail": ""}
+
+    def health(self) -> dict:
+        if self._thread is not None and not self._thread.is_alive() and not self._stop.is_set():
+            return {"state": FAULT, "detail": "housekeeping thread died"}
+        return self._state
+
+    def interval(self) -> float:
+        """The health interval: the platform's remote setting wins over the file."""
+        remote = self.store.state_get("remote_config", {}).get("settings", {})
+        return float(remote.get("mqtt.health_interval_s", self.health_interval_s))
+
+    def _loop(self) -> None:
+        next_purge = time.monotonic() + 5.0
+        while True:
+            self.produce_health()
+            if time.monotonic() >= next_purge:
+                self.purge()
+                next_purge = time.monotonic() + self.purge_interval_s
+            if self._stop.wait(self.interval()):
+                return
+
+    def produce_health(self):
+        try:
+            record = self.store.add("health", health_data(self.store))
+        except DiskFull as exc:
+            log.error("disk full: health record not stored (%s); the status topic still reports it", exc)
+            self._state = {"state": DEGRADED, "detail": f"disk full: {exc}"}
+            return None
+        except StoreError as exc:
+            log.error("cannot store a health record: %s", exc)
+            self._state = {"state": DEGRADED, "detail": str(exc)}
+            return None
+        self._state = {"state": OK, "detail": f"last health record at {record.time}"}
+        return record
+
+    def purge(self) -> dict:
+        try:
+            return self.store.purge()
+        except Exception as exc:
+            log.error("purge failed: %s", exc)
+            self._state = {"state": DEGRADED, "detail": f"purge failed: {exc}"}
+            return {}
+
+
+def build(gate) -> list:
+    return [Housekeeping(gate.store, gate.config.mqtt.health_interval_s)]

@@ -1,0 +1,326 @@
+"""Plate detection: find every plate in a frame, with its box and four corners.
+
+Classical and dependency-free (OpenCV and numpy only), so it runs on a Pi
+without a neural runtime:
+
+1. Proposals. The frame is shrunk to a working size. Two kinds of region are
+   proposed: areas of a plate background colour (blue, yellow, green, white,
+   black in HSV, closed over the characters), and areas dense in vertical
+   strokes (the characters themselves: catches any colour, glare and night
+   frames where the colour is washed out).
+2. Geometry. Each region's rotated rectangle must look like a plate: aspect
+   about 2-6, size in range, tilt up to about 25 degrees.
+3. Verification. The candidate is warped to a flat crop and scored on what a
+   plate has and a grille or a sign has not: a row of 5-9 character-sized
+   blobs of even height on a uniform background, and the background colour.
+4. Overlapping candidates are merged (non-maximum suppression); at most
+   `max_plates` are returned, best first.
+
+Corners are ordered top-left, top-right, bottom-right, bottom-left in frame
+pixels; `rectify` warps them to a flat crop for the recogniser.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+CROP_SIZE = (136, 36)  # width, height of a rectified single-row plate (GA 36: 440 x 140 mm)
+WORK_WIDTH = 800       # frames are shrunk to at most this many pixels across for proposals
+
+# HSV ranges of plate backgrounds (OpenCV hue 0-180): (h_lo, h_hi, s_lo, s_hi, v_lo, v_hi)
+COLOR_RANGES = {
+    "blue": (98, 128, 80, 255, 50, 255),
+    "yellow": (12, 34, 90, 255, 90, 255),
+    "green": (35, 88, 45, 255, 80, 255),
+    "white": (0, 180, 0, 40, 170, 255),
+    "black": (0, 180, 0, 255, 0, 55),
+}
+# Extra saturation/value added for the stricter passes of each colour.
+STRICTER = {"blue": (0, 50), "yellow": (0, 40), "green": (0, 50)}
+
+
+@dataclass
+class Detection:
+    box: tuple[int, int, int, int]
+    """Axis-aligned box (x1, y1, x2, y2) in frame pixels."""
+    corners: np.ndarray
+    """4x2 float32: top-left, top-right, bottom-right, bottom-left, in frame pixels."""
+    score: float
+    color_hint: str = ""
+    """Background colour that proposed it ('' when found by stroke density)."""
+    crop: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def width(self) -> int:
+        return self.box[2] - self.box[0]
+
+
+class Detector:
+    """Finds plates; configured once, called per frame (thread-safe: no state between calls)."""
+
+    def __init__(self, *, min_width: int = 50, max_width: int = 800, max_plates: int = 3,
+                 min_score: float = 0.45, crop_size: tuple[int, int] = CROP_SIZE,
+                 colors: tuple[str, ...] = ("blue", "yellow", "green", "white", "black"),
+                 strokes: bool = True):
+        self.min_width, self.max_width = min_width, max_width
+        self.max_plates, self.min_score = max_plates, min_score
+        self.crop_size = crop_size
+        self.colors = colors
+        self.strokes = strokes
+
+    def detect(self, frame: np.ndarray, roi: list[int] | tuple | None = None) -> list[Detection]:
+        """Every plate in `frame` (BGR), best first; `roi` [x1, y1, x2, y2] limits the search."""
+        if frame is None or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError("detect() expects a BGR colour image (H x W x 3)")
+        ox, oy = 0, 0
+        if roi:
+            x1, y1, x2, y2 = (int(v) for v in roi)
+            frame_roi = frame[max(0, y1):y2, max(0, x1):x2]
+            ox, oy = max(0, x1), max(0, y1)
+        else:
+            frame_roi = frame
+        if frame_roi.size == 0:
+            return []
+        scale = min(1.0, WORK_WIDTH / max(frame_roi.shape[:2]))
+        small = cv2.resize(frame_roi, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) \
+            if scale < 1.0 else frame_roi
+        candidates = []
+        for quad, hint in self._proposals(small, scale):
+            quad = quad / scale + (ox, oy)
+            candidate = self._verify(frame, quad.astype(np.float32), hint)
+            if candidate is not None:
+                candidates.append(candidate)
+        return _suppress(candidates, self.max_plates)
+
+    # --- proposals --------------------------------------------------------------------
+
+    def _proposals(self, small: np.ndarray, scale: float):
+        hsv = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
+        min_w = self.min_width * scale
+        max_w = self.max_width * scale
+        close_w = max(3, int(round(min_w / 6)) | 1)
+        close = cv2.getStructuringElement(cv2.MORPH_RECT, (close_w, max(3, close_w // 2)))
+        for name in self.colors:
+            h_lo, h_hi, s_lo, s_hi, v_lo, v_hi = COLOR_RANGES[name]
+            for strict in STRICTER.get(name, (0,)):
+                # a looser range finds pale plates; a stricter one separates a plate from a
+                # car body or pavement of a similar hue that the looser one joins it to
+                lo = (h_lo, min(255, s_lo + strict), min(255, v_lo + strict)) if name != "white" \
+                    else (h_lo, s_lo, min(255, v_lo + strict))
+                mask = cv2.inRange(hsv, lo, (h_hi, s_hi, v_hi))
+                mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, close)
+                mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+                for quad in _plate_shaped(mask, min_w, max_w, expand=(0.03, 0.08)):
+                    yield quad, name
+        if self.strokes:
+            for quad in _plate_shaped(_stroke_mask(small, close_w), min_w, max_w, expand=(0.04, 0.12)):
+                yield quad, ""
+
+    # --- verification -----------------------------------------------------------------
+
+    def _verify(self, frame: np.ndarray, quad: np.ndarray, hint: str) -> Detection | None:
+        crop = rectify(frame, quad, self.crop_size)
+        texture = character_score(crop)
+        if texture <= 0:
+            return None
+        colour = background_fraction(crop, hint) if hint else 0.0
+        score = 0.7 * texture + 0.3 * colour
+        if hint in ("white", "black"):
+            score -= 0.1  # such backgrounds are everywhere; ask more of their characters
+        if score < self.min_score:
+            return None
+        xs, ys = quad[:, 0], quad[:, 1]
+        h, w = frame.shape[:2]
+        box = (int(max(0, xs.min())), int(max(0, ys.min())), int(min(w, xs.max())), int(min(h, ys.max())))
+        return Detection(box=box, corners=quad, score=round(float(score), 3), color_hint=hint, crop=crop)
+
+
+def _stroke_mask(small: np.ndarray, close_w: int) -> np.ndarray:
+    """Regions dense in vertical strokes: the characters of a plate of any colour."""
+    gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+    gray = cv2.GaussianBlur(gray, (3, 3), 0)
+    grad = cv2.convertScaleAbs(cv2.Sobel(gray, cv2.CV_16S, 1, 0, ksize=3))
+    _, edges = cv2.threshold(grad, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    mask = cv2.morphologyEx(edges, cv2.MORPH_CLOSE,
+                            cv2.getStructuringElement(cv2.MORPH_RECT, (close_w * 2 + 1, 3)))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN,
+                            cv2.getStructuringElement(cv2.MORPH_RECT, (max(3, close_w), 3)))
+    return mask
+
+
+def _plate_shaped(mask: np.ndarray, min_w: float, max_w: float, expand=(0.0, 0.0)):
+    """Quads (4x2, TL TR BR BL) of mask regions shaped like a plate."""
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    for contour in contours:
+        if cv2.contourArea(contour) < (min_w * min_w) / 12:
+            continue
+        (cx, cy), (rw, rh), angle = cv2.minAreaRect(contour)
+        if rw < rh:
+            rw, rh, angle = rh, rw, angle - 90
+        angle = (angle + 90) % 180 - 90
+        if rh <= 0 or not (min_w * 0.8 <= rw <= max_w * 1.2) or abs(angle) > 30:
+            continue
+        if not 1.5 <= rw / rh <= 7.0:
+            continue
+        fill = cv2.contourArea(contour) / (rw * rh)
+        if fill < 0.45:
+            continue
+        quad = _corner_quad(contour, cv2.boxPoints(((cx, cy), (rw, rh), angle)))
+        yield _expand(quad, *expand)
+
+
+def _corner_quad(contour: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The region's four corners: the hull points furthest towards each corner direction
+    (follows perspective), unless that quad is much smaller than the rotated box."""
+    hull = cv2.convexHull(contour).reshape(-1, 2).astype(np.float32)
+    s, d = hull.sum(axis=1), hull[:, 1] - hull[:, 0]
+    quad = np.array([hull[s.argmin()], hull[d.argmin()], hull[s.argmax()], hull[d.argmax()]],
+                    np.float32)
+    box_ordered = order_corners(box)
+    if cv2.contourArea(quad) < 0.8 * cv2.contourArea(box_ordered):
+        return box_ordered
+    return quad
+
+
+def order_corners(points: np.ndarray) -> np.ndarray:
+    """Four points ordered top-left, top-right, bottom-right, bottom-left."""
+    pts = np.asarray(points, np.float32).reshape(4, 2)
+    by_x = pts[np.argsort(pts[:, 0])]
+    left, right = by_x[:2], by_x[2:]
+    tl, bl = left[np.argsort(left[:, 1])]
+    tr, br = right[np.argsort(right[:, 1])]
+    return np.array([tl, tr, br, bl], np.float32)
+
+
+def _expand(quad: np.ndarray, fx: float, fy: float) -> np.ndarray:
+    """Grow a TL TR BR BL quad along its own axes (mask regions sit inside the plate's rim)."""
+    tl, tr, br, bl = quad
+    across = ((tr - tl) + (br - bl)) / 2
+    down = ((bl - tl) + (br - tr)) / 2
+    dx, dy = across * fx, down * fy
+    return np.array([tl - dx - dy, tr + dx - dy, br + dx + dy, bl - dx + dy], np.float32)
+
+
+def rectify(frame: np.ndarray, corners: np.ndarray, size: tuple[int, int] = CROP_SIZE) -> np.ndarray:
+    """Warp the quad `corners` (TL TR BR BL) of `frame` to a flat size[0] x size[1] crop."""
+    w, h = size
+    target = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
+    matrix = cv2.getPerspectiveTransform(np.asarray(corners, np.float32), target)
+    return cv2.warpPerspective(frame, matrix, (w, h), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE)
+
+
+def character_score(crop: np.ndarray) -> float:
+    """0..1: how much the crop looks like a row of 5-9 plate characters.
+
+    Works on projections, which survive characters touching the plate's rim:
+    the middle band is binarised (Otsu) and both polarities tried (light on
+    dark: blue, black; dark on light: yellow, white, green). A plate shows
+    5-12 ink runs across the band (a province character may split), evenly
+    spread over most of the width, and a block of text rows covering about
+    half the height or more. Grilles (one long run), bricks and foliage (no
+    text rows block) fail.
+    """
+    gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+    h, w = gray.shape
+    inner = gray[:, w // 25: w - w // 25]
+    band = inner[int(h * 0.3): int(h * 0.7)]
+    if band.size == 0 or float(band.std()) < 12:
+        return 0.0
+    level, _ = cv2.threshold(band, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    best = 0.0
+    for light_ink in (True, False):
+        ink = (inner > level) if light_ink else (inner <= level)
+        band_ink = ink[int(h * 0.3): int(h * 0.7)]
+        share = float(band_ink.mean())
+        if not 0.12 <= share <= 0.6:
+            continue
+        profile = np.convolve(band_ink.mean(axis=0), np.ones(3) / 3, mode="same")
+        columns = profile > max(0.12, 0.5 * float(np.percentile(profile, 95)))
+        runs = _runs(columns)
+        iw = inner.shape[1]
+        runs = [(a, b) for a, b in runs if b - a >= max(1, iw // 80) and b - a <= iw * 0.22]
+        n = len(runs)
+        if n < 4:
+            continue
+        spread = (runs[-1][1] - runs[0][0]) / iw
+        count_score = 1.0 if 5 <= n <= 12 else (0.6 if n in (4, 13, 14) else 0.2)
+        rows = ink[:, columns].mean(axis=1) if columns.any() else np.zeros(h)
+        text_rows = _longest_run((rows > 0.15) & (rows < 0.85)) / h
+        best = max(best, count_score * min(1.0, spread / 0.7) * min(1.0, text_rows / 0.5))
+    return best
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each run of True."""
+    padded = np.concatenate(([0], flags.astype(np.int8), [0]))
+    edges = np.flatnonzero(np.diff(padded))
+    return list(zip(edges[::2], edges[1::2]))
+
+
+def _longest_run(flags: np.ndarray) -> int:
+    return max((b - a for a, b in _runs(flags)), default=0)
+
+
+def background_fraction(crop: np.ndarray, color: str) -> float:
+    """Share of the crop's pixels in `color`'s background range, scaled so a plate scores ~1."""
+    h_lo, h_hi, s_lo, s_hi, v_lo, v_hi = COLOR_RANGES[color]
+    hsv = cv2.cvtColor(crop, cv2.COLOR_BGR2HSV)
+    mask = cv2.inRange(hsv, (h_lo, s_lo, v_lo), (h_hi, s_hi, v_hi))
+    return min(1.0, float(np.count_nonzero(mask)) / mask.size / 0.55)
+
+
+def box_iou(a, b) -> float:
+    ix1, iy1, ix2, iy2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0, ix2 - ix1) * max(0, iy2 - iy1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _area(box) -> float:
+    return max(0, box[2] - box[0]) * max(0, box[3] - box[1])
+
+
+def _suppress(candidates: list[Detection], keep: int, iou: float = 0.3) -> list[Detection]:
+    """Best-first non-maximum suppression. The characters of a coloured plate (found as a
+    'white', 'black' or stroke region inside a blue, yellow or green one of similar
+    score) give way to the plate first."""
+    inner = {id(c) for c in candidates for o in candidates
+             if o is not c and c.color_hint in ("white", "black", "")
+             and o.color_hint in ("blue", "yellow", "green") and _contains(o.box, c.box)
+             and o.score >= c.score - 0.2}
+    candidates = [c for c in candidates if id(c) not in inner]
+    chosen: list[Detection] = []
+    for cand in sorted(candidates, key=lambda c: c.score, reverse=True):
+        if all(box_iou(cand.box, c.box) < iou and not _contains(c.box, cand.box) for c in chosen):
+            chosen.append(cand)
+            if len(chosen) == keep:
+                break
+    return chosen
+
+
+def _contains(outer, inner, slack: float = 0.85) -> bool:
+    ix1, iy1 = max(outer[0], inner[0]), max(outer[1], inner[1])
+    ix2, iy2 = min(outer[2], inner[2]), min(outer[3], inner[3])
+    inter = max(0, ix2 - ix1) * max(0, iy2 - iy1)
+    area = (inner[2] - inner[0]) * (inner[3] - inner[1])
+    return area > 0 and inter / area >= slack
+
+
+def estimate_color(crop: np.ndarray) -> str:
+    """Plate colour from a rectified crop's background (fallback when the recogniser has none)."""
+    hsv = cv2.cvtColor(crop, cv2.COLOR_BGR2HSV)
+    h, w = hsv.shape[:2]
+    band = hsv[h // 8: h - h // 8, w // 10: w - w // 10].reshape(-1, 3)
+    shares = {}
+    for name in ("blue", "yellow", "green"):
+        h_lo, h_hi, s_lo, s_hi, v_lo, v_hi = COLOR_RANGES[name]
+        inside = ((band[:, 0] >= h_lo) & (band[:, 0] <= h_hi) & (band[:, 1] >= s_lo - 20)
+                  & (band[:, 2] >= v_lo))
+        shares[name] = float(inside.mean())
+    name, share = max(shares.items(), key=lambda kv: kv[1])
+    if share >= 0.3:
+        return name
+    return "white" if float(np.median(band[:, 2])) >= 128 else "black"

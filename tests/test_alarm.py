@@ -1,0 +1,319 @@
+"""One-key alarm buttons on MockFactory pins, driven from the tests."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from agent import bus as topics
+from agent.alarm import Drill, parse_window
+from agent.debounce import PressDetector
+from agent.store import Store
+from conftest import run_cli
+from gpio_rig import ClosedContactPin, make_gate, mock_factory, release, subsystem, wait_for
+
+ALARM = """
+[alarm]
+siren = { pin = 24 }
+ack_lamp = { pin = 25 }
+drill_lamp = { pin = 6 }
+siren_s = 60
+
+[[alarm.buttons]]
+name = "b1"
+location = "gatehouse desk"
+pin = 23
+
+[[alarm.buttons]]
+name = "b2"
+location = "1F cashier"
+pin = 16
+wiring = "nc"
+tamper_s = 5
+"""
+NO_PIN, NC_PIN, SIREN, ACK, DRILL_LAMP = 23, 16, 24, 25, 6
+
+
+@pytest.fixture
+def factory():
+    f = mock_factory()
+    yield f
+    release(f)
+
+
+@pytest.fixture
+def gate(config_file, factory):
+    g = make_gate(config_file(ALARM), factory)
+    g.start()
+    yield g
+    g.stop()
+
+
+def alarms(gate):
+    return gate.store.records("alarm")
+
+
+def pin_on(factory, pin) -> bool:
+    return bool(factory.pin(pin).state)
+
+
+def press(factory, pin=NO_PIN):
+    factory.pin(pin).drive_low()
+
+
+def release_button(factory, pin=NO_PIN):
+    factory.pin(pin).drive_high()
+
+
+def test_press_stores_an_alarm_then_sounds_the_siren(gate, factory):
+    assert not pin_on(factory, SIREN)
+    press(factory)
+    (alarm,) = wait_for(lambda: alarms(gate), what="the alarm record")
+    assert alarm.data["button"] == "b1"
+    assert alarm.data["location"] == "gatehouse desk"
+    assert alarm.data["drill"] is False
+    assert alarm.data["repeat_of"] is None
+    wait_for(lambda: pin_on(factory, SIREN), what="the siren")
+    assert subsystem(gate, "alarm").health()["state"] == "ok"
+
+
+def test_press_while_the_broker_is_down_is_first_in_the_outbox_and_survives_restart(
+        config_file, factory, tmp_path):
+    gate = make_gate(config_file(ALARM), factory)
+    gate.start()
+    for i in range(5):
+        gate.record("fault", {"subsystem": "test", "condition": "filler", "detail": str(i)})
+    gate.record("barrier", {"lane": "in1", "action": "open", "cause": "decision"})
+    press(factory)
+    uuid = wait_for(lambda: alarms(gate), what="the alarm")[0].uuid
+    gate.stop()
+    release(factory)
+    reopened = Store(tmp_path / "data", device_id=gate.config.device.id, site="test-site")
+    try:
+        first = reopened.pending(limit=1)[0]
+        assert (first.kind, first.uuid) == ("alarm", uuid)
+        assert first.priority == 0
+    finally:
+        reopened.close()
+
+
+def test_bounces_inside_the_debounce_window_count_once(gate, factory):
+    pin = factory.pin(NO_PIN)
+    for _ in range(5):
+        pin.drive_low()
+        pin.drive_high()
+    pin.drive_low()
+    wait_for(lambda: alarms(gate))
+    time.sleep(0.2)
+    assert len(alarms(gate)) == 1
+
+
+def test_each_distinct_press_is_a_new_alarm_marked_as_a_repeat(gate, factory):
+    press(factory)
+    first = wait_for(lambda: alarms(gate))[0]
+    release_button(factory)
+    time.sleep(0.1)  # released for longer than debounce_s (0.05)
+    press(factory)
+    newest = wait_for(lambda: len(alarms(gate)) == 2 and alarms(gate))[0]
+    assert newest.uuid != first.uuid
+    assert newest.data["repeat_of"] == first.uuid
+    assert newest.data["press"] == 2
+
+
+def test_a_held_button_is_one_alarm_even_with_glitches(gate, factory):
+    pin = factory.pin(NO_PIN)
+    pin.drive_low()
+    wait_for(lambda: alarms(gate))
+    time.sleep(0.3)  # the panel's timer thread runs while it is held
+    pin.drive_high()  # a glitch of microseconds while held
+    pin.drive_low()
+    time.sleep(0.1)
+    assert len(alarms(gate)) == 1
+
+
+def test_press_detector_rules():
+    detector = PressDetector(0.05)
+    assert detector.edge(True, 10.0)          # the first edge counts at once
+    assert not detector.edge(False, 10.002)   # bounce on press
+    assert not detector.edge(True, 10.003)
+    assert not detector.edge(True, 10.004)    # same level twice: not an edge
+    assert not detector.edge(False, 12.0)     # release
+    assert not detector.edge(True, 12.01)     # released 10 ms: a release bounce
+    assert not detector.edge(False, 13.0)
+    assert detector.edge(True, 13.2)          # released 200 ms: a new press
+    found_pressed = PressDetector(0.05, pressed=True)
+    assert not found_pressed.edge(True, 1.0)
+    assert not found_pressed.edge(False, 2.0)
+    assert found_pressed.edge(True, 3.0)
+
+
+def test_nc_button_cut_wire_is_tamper_then_restored(gate, factory):
+    panel = subsystem(gate, "alarm")
+    factory.pin(NC_PIN).drive_high()  # the NC contact opens: a press, or a cut
+    (alarm,) = wait_for(lambda: alarms(gate), what="the alarm of the opening")
+    assert alarm.data["button"] == "b2" and alarm.data["wiring"] == "nc"
+    panel.tick(time.monotonic() + 1)  # open 1 s: still a press, tamper_s is 5
+    assert gate.store.records("tamper") == []
+    panel.tick(time.monotonic() + 6)
+    (cut,) = gate.store.records("tamper")
+    assert (cut.data["condition"], cut.data["button"]) == ("cut", "b2")
+    assert panel.health()["state"] == "degraded"
+    assert "b2 wire cut" in panel.health()["detail"]
+    factory.pin(NC_PIN).drive_low()  # repaired
+    wait_for(lambda: len(gate.store.records("tamper")) == 2, what="the restored record")
+    assert gate.store.records("tamper")[0].data["condition"] == "restored"
+    assert panel.health()["state"] == "ok"
+    assert len(alarms(gate)) == 1
+
+
+def test_button_found_pressed_at_start_is_tamper_not_alarm(config_file, factory):
+    gate = make_gate(config_file(ALARM), factory)
+    factory.pin(NO_PIN, pin_class=ClosedContactPin)
+    gate.start()
+    try:
+        (tamper,) = gate.store.records("tamper")
+        assert tamper.data["condition"] == "active_at_start"
+        assert tamper.data["button"] == "b1"
+        assert alarms(gate) == []
+        release_button(factory)
+        time.sleep(0.1)
+        press(factory)
+        wait_for(lambda: alarms(gate), what="the alarm after a release")
+    finally:
+        gate.stop()
+
+
+def test_alarm_not_stored_is_kept_retried_and_the_siren_still_sounds(gate, factory, monkeypatch):
+    real_put = gate.store.put
+    fail = {"left": 1}
+
+    def failing_put(record):
+        if record.kind == "alarm" and fail["left"]:
+            fail["left"] -= 1
+            raise OSError("disk I/O error (simulated)")
+        return real_put(record)
+    monkeypatch.setattr(gate.store, "put", failing_put)
+    press(factory)
+    assert pin_on(factory, SIREN)
+    (alarm,) = wait_for(lambda: alarms(gate), what="the retried alarm")
+    assert alarm.data["button"] == "b1"
+    wait_for(lambda: subsystem(gate, "alarm").health()["state"] == "ok")
+
+
+def test_ack_lamp_lights_when_the_platform_confirms_the_alarm(gate, factory):
+    other = gate.record("fault", {"subsystem": "x", "condition": "y", "detail": "z"})
+    press(factory)
+    alarm = wait_for(lambda: alarms(gate))[0]
+    gate.store.mark_sent([other.uuid])
+    assert not pin_on(factory, ACK)
+    gate.store.mark_sent([alarm.uuid])
+    assert pin_on(factory, ACK)
+    panel = subsystem(gate, "alarm")
+    panel.tick(time.monotonic() + gate.config.alarm.ack_lamp_s + 1)
+    assert not pin_on(factory, ACK)
+
+
+def test_ack_lamp_for_an_alarm_stored_before_a_restart(config_file, factory):
+    gate = make_gate(config_file(ALARM), factory)
+    uuid = gate.record("alarm", {"button": "b1", "location": "x", "drill": False,
+                                 "pressed_at": "2026-01-01T00:00:00+08:00"}).uuid
+    gate.start()
+    try:
+        gate.store.mark_sent([uuid])
+        assert pin_on(factory, ACK)
+    finally:
+        gate.stop()
+
+
+def test_drill_from_the_bus_marks_alarms_and_lights_the_lamp(gate, factory):
+    assert not pin_on(factory, DRILL_LAMP)
+    gate.bus.publish(topics.DRILL, on=True, source="command", until=time.time() + 600)
+    assert pin_on(factory, DRILL_LAMP)
+    press(factory)
+    alarm = wait_for(lambda: alarms(gate))[0]
+    assert alarm.data["drill"] is True
+    assert alarm.data["drill_source"] == "command"
+    assert gate.store.state_get("drill")["on"] is True
+    gate.bus.publish(topics.DRILL, on=False, source="command", until=None)
+    assert not pin_on(factory, DRILL_LAMP)
+    release_button(factory)
+    time.sleep(0.1)
+    press(factory)
+    assert wait_for(lambda: len(alarms(gate)) == 2 and alarms(gate))[0].data["drill"] is False
+
+
+def test_drill_from_the_cli_is_picked_up_by_the_running_agent(gate, factory, config_file):
+    path = config_file(ALARM)
+    result = run_cli("--config", path, "drill", "on", "--minutes", "5", "--wait", "3")
+    assert result.returncode == 0, result.stderr
+    assert "drill mode ON" in result.stdout
+    assert pin_on(factory, DRILL_LAMP)
+    press(factory)
+    assert wait_for(lambda: alarms(gate))[0].data["drill"] is True
+    status = run_cli("--config", path, "drill", "status")
+    assert "drill mode: ON (cli" in status.stdout
+    result = run_cli("--config", path, "drill", "off", "--wait", "3")
+    assert result.returncode == 0, result.stderr
+    assert not pin_on(factory, DRILL_LAMP)
+
+
+def test_drill_cli_without_a_running_agent_says_so(config_file):
+    path = config_file(ALARM)
+    result = run_cli("--config", path, "drill", "on", "--wait", "0.3")
+    assert result.returncode == 0, result.stderr
+    assert "has not picked it up" in result.stdout
+    bad = run_cli("--config", path, "drill", "on", "--minutes", "0")
+    assert bad.returncode == 2
+    assert "--minutes" in bad.stderr
+
+
+def test_drill_schedule_window_marks_alarms(config_file, factory):
+    # the window is in the device's zone (Asia/Shanghai)
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+    start = (datetime.now(ZoneInfo("Asia/Shanghai")) - timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M")
+    gate = make_gate(config_file(ALARM.replace("[alarm]", f'[drills]\nschedule = ["{start}/10"]\n\n[alarm]')),
+                     factory)
+    gate.start()
+    try:
+        assert pin_on(factory, DRILL_LAMP)
+        press(factory)
+        alarm = wait_for(lambda: alarms(gate))[0]
+        assert alarm.data["drill"] is True and alarm.data["drill_source"] == "schedule"
+    finally:
+        gate.stop()
+
+
+def test_drill_requests_expire_and_are_capped(store):
+    drill = Drill(store)
+    drill.set(True, "cli", until=1000.0, now=900.0)
+    assert drill.state(now=999.0)["on"]
+    assert not drill.state(now=1000.0)["on"]
+    request = drill.set(True, "command", until=None, now=0.0)
+    assert request["until"] == 8 * 3600
+    assert parse_window("2026-03-15T10:00/30", "Asia/Shanghai")[1] - \
+        parse_window("2026-03-15T10:00/30", "Asia/Shanghai")[0] == 1800
+    with pytest.raises(ValueError, match="YYYY-MM-DDTHH:MM/MINUTES"):
+        parse_window("2026-03-15 10:00")
+
+
+def test_the_alarm_path_does_not_wait_for_a_stuck_subscriber(config_file, factory):
+    """A camera pipeline stuck in its PRESENCE handler holds up neither GPIO edges nor alarms."""
+    import threading
+    gate = make_gate(config_file(ALARM + '\n[[lanes]]\nname = "in2"\npresence = { pin = 27 }\n'), factory)
+    stuck, entered = threading.Event(), threading.Event()
+
+    def slow_camera(**_):
+        entered.set()
+        stuck.wait(10)
+    gate.bus.subscribe(topics.PRESENCE, slow_camera)
+    gate.start()
+    try:
+        factory.pin(27).drive_low()  # a vehicle: the lane's worker calls the stuck handler
+        assert entered.wait(3)
+        press(factory)
+        assert alarms(gate), "the alarm waited for the presence handler"
+        assert not stuck.is_set()
+    finally:
+        stuck.set()
+        gate.stop()

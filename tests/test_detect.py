@@ -1,0 +1,135 @@
+"""Plate detection on real scenes and on drawn plates with known corners; rectification geometry."""
+import csv
+import hashlib
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.plates.detect import Detector, box_iou, order_corners, rectify
+from tests.conftest import need_plates
+
+
+def drawn_plate(text="AB12345", bg=(160, 60, 10), ink=(255, 255, 255), size=(440, 140)):
+    """A flat plate-like image: coloured background, rim, a row of glyphs."""
+    w, h = size
+    plate = np.full((h, w, 3), bg, np.uint8)
+    cv2.rectangle(plate, (6, 6), (w - 7, h - 7), ink, 3)
+    x = 24
+    for ch in text:
+        cv2.putText(plate, ch, (x, 112), cv2.FONT_HERSHEY_SIMPLEX, 3.0, ink, 9, cv2.LINE_AA)
+        x += 56
+    return plate
+
+
+def scene_with(plate, corners, size=(1280, 720), seed=0, scene=None):
+    """Warp `plate` onto a textured grey scene at `corners` (TL TR BR BL)."""
+    if scene is None:
+        rng = np.random.default_rng(seed)
+        scene = rng.integers(70, 110, (size[1], size[0], 3), dtype=np.uint8)
+        scene = cv2.GaussianBlur(scene, (7, 7), 0)
+    h, w = plate.shape[:2]
+    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    matrix = cv2.getPerspectiveTransform(src, np.float32(corners))
+    warped = cv2.warpPerspective(plate, matrix, size)
+    mask = cv2.warpPerspective(np.full((h, w), 255, np.uint8), matrix, size)
+    scene[mask > 0] = warped[mask > 0]
+    return scene
+
+
+def tilted_corners(cx, cy, width, angle_deg, aspect=440 / 140):
+    a = np.deg2rad(angle_deg)
+    along = np.array([np.cos(a), np.sin(a)]) * width / 2
+    down = np.array([-np.sin(a), np.cos(a)]) * width / aspect / 2
+    c = np.array([cx, cy])
+    return np.float32([c - along - down, c + along - down, c + along + down, c - along + down])
+
+
+def _axis_box(corners):
+    return (corners[:, 0].min(), corners[:, 1].min(), corners[:, 0].max(), corners[:, 1].max())
+
+
+@pytest.mark.parametrize("angle", [0, 12, -18])
+@pytest.mark.parametrize("width", [90, 300])
+def test_drawn_plate_found_with_its_corners(angle, width):
+    corners = tilted_corners(620, 400, width, angle)
+    found = Detector().detect(scene_with(drawn_plate(), corners))
+    assert found, "no plate found"
+    best = max(found, key=lambda d: box_iou(d.box, _axis_box(corners)))
+    assert box_iou(best.box, _axis_box(corners)) >= 0.6
+    # each corner within a quarter of the plate's height of the truth
+    assert np.abs(best.corners - corners).max() <= 0.25 * width / (440 / 140) + 4
+    assert best.crop.shape[:2] == (36, 136)
+
+
+@pytest.mark.parametrize("bg,ink,name", [((0, 200, 230), (20, 20, 20), "yellow"),
+                                         ((90, 200, 60), (20, 20, 20), "green"),
+                                         ((240, 240, 240), (20, 20, 20), "white")])
+def test_plates_of_other_colours_are_found(bg, ink, name):
+    corners = tilted_corners(400, 300, 220, 5)
+    found = Detector().detect(scene_with(drawn_plate(bg=bg, ink=ink), corners))
+    assert any(box_iou(d.box, _axis_box(corners)) >= 0.5 for d in found), name
+
+
+def test_two_plates_in_one_frame_and_roi_keeps_frame_coordinates():
+    c1, c2 = tilted_corners(300, 300, 200, 0), tilted_corners(950, 450, 240, 8)
+    scene = scene_with(drawn_plate("CD67890"), c2, scene=scene_with(drawn_plate(), c1))
+    found = Detector().detect(scene)
+    for truth in (c1, c2):
+        assert any(box_iou(d.box, _axis_box(truth)) >= 0.5 for d in found)
+    in_roi = Detector().detect(scene, roi=[700, 250, 1280, 700])
+    assert in_roi and all(d.box[0] >= 700 for d in in_roi)
+    assert box_iou(in_roi[0].box, _axis_box(c2)) >= 0.5
+
+
+def test_empty_scene_has_no_plate():
+    rng = np.random.default_rng(3)
+    scene = cv2.GaussianBlur(rng.integers(60, 120, (720, 1280, 3), dtype=np.uint8), (9, 9), 0)
+    assert Detector().detect(scene) == []
+
+
+def test_rejects_what_is_not_a_colour_image():
+    with pytest.raises(ValueError, match="BGR"):
+        Detector().detect(np.zeros((10, 10), np.uint8))
+
+
+def test_rectify_undoes_a_perspective_warp():
+    plate = drawn_plate()
+    corners = np.float32([[400, 300], [760, 330], [750, 450], [395, 410]])
+    scene = scene_with(plate, corners)
+    flat = rectify(scene, corners, (440, 140))
+    error = np.abs(flat.astype(int) - plate.astype(int))[8:-8, 8:-8].mean()
+    assert error < 25, f"mean abs error {error:.1f}"
+
+
+def test_order_corners_from_any_order():
+    tl, tr, br, bl = [10, 20], [110, 25], [108, 60], [8, 55]
+    shuffled = np.float32([br, tl, bl, tr])
+    assert order_corners(shuffled).tolist() == [tl, tr, br, bl]
+
+
+def _ccpd_sample():
+    plates = need_plates()
+    rows = []
+    for labels in sorted(plates.glob("ccpd*/labels.csv")):
+        with open(labels, encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                if row["kind"] == "scene" and row["x1"]:
+                    row["path"] = labels.parent / row["file"]
+                    rows.append(row)
+    # a fixed sample: one image in six, chosen by file-name hash (not by how well it works)
+    return [r for r in rows if int(hashlib.sha1(r["file"].encode()).hexdigest(), 16) % 6 == 0]
+
+
+def test_locates_plates_in_real_ccpd_scenes():
+    sample = _ccpd_sample()
+    assert len(sample) >= 40
+    detector = Detector()
+    located = 0
+    for row in sample:
+        image = cv2.imread(str(row["path"]))
+        truth = tuple(int(row[k]) for k in ("x1", "y1", "x2", "y2"))
+        found = detector.detect(image)
+        located += any(box_iou(d.box, truth) >= 0.5 for d in found)
+    rate = located / len(sample)
+    assert rate >= 0.85, f"located {located}/{len(sample)}"
