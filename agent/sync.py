@@ -152,6 +152,8 @@ class SyncEngine:
         self._uncommitted = 0                      # confirmed, handed to the committer
         self._refused: dict[str, float] = {}      # key -> retry time
         self._urgent = False                      # an alarm was stored: look at the head now
+        self._last_sweep = 0.0
+        self._connected_at = 0.0
         # cross-thread
         self._acks: collections.deque = collections.deque()
         self._to_commit: collections.deque = collections.deque()   # (what, key, priority)
@@ -366,6 +368,7 @@ class SyncEngine:
             self._set_link(DEGRADED, "refused", detail, connected=False)
             return
         self._attempt = 0
+        self._connected_at = time.monotonic()
         client.publish(self.topics.availability, b"online", qos=1, retain=True)
         if self.downlink:
             client.subscribe([(self.topics.config, 1), (self.topics.lists, 1), (self.topics.commands, 1)])
@@ -403,6 +406,7 @@ class SyncEngine:
             self._take_acks()
             self._take_commits()
             if self._connected.is_set():
+                self._sweep_stale()
                 found = self._fill()
                 if not found and not self._inflight and not self._uncommitted:
                     self._idle.set()
@@ -529,8 +533,32 @@ class SyncEngine:
             log.error("sync: record %s (%s) is %d bytes, over mqtt.max_message_kb; sent anyway "
                       "(records are never dropped)", record.uuid, record.kind, len(payload))
         info = self.client.publish(self.topics.record(record.kind), payload, qos=1)
-        self._inflight[info.mid] = ("record", record.uuid, record.priority, time.monotonic())
-        self._held.add(record.uuid)
+        if self._accepted(info, record.uuid):
+            self._inflight[info.mid] = ("record", record.uuid, record.priority, time.monotonic())
+            self._held.add(record.uuid)
+
+    def _accepted(self, info, key: str) -> bool:
+        """Whether paho took the message (queued for a reconnect counts as taken)."""
+        if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            return True
+        log.error("sync: paho refused to publish %s: %s; it stays in the outbox", key,
+                  mqtt.error_string(info.rc))
+        self._refused[key] = time.monotonic() + self.refused_retry_s
+        return False
+
+    def _sweep_stale(self, max_age_s: float = 120.0) -> None:
+        """A message unconfirmed for minutes while connected is forgotten here and re-sent
+        from the outbox (same UUID), so a lost PUBACK can't shrink the window for good."""
+        now = time.monotonic()
+        if now - self._last_sweep < 5.0:
+            return
+        self._last_sweep = now
+        for mid, (what, key, _prio, sent) in list(self._inflight.items()):
+            waited = now - max(sent, self._connected_at)   # paho re-sends its own on a reconnect
+            if waited > max_age_s and self.link.connected:
+                log.warning("sync: no PUBACK for %s %s in %.0f s; sending it again", what, key, waited)
+                del self._inflight[mid]
+                self._held.discard(key)
 
     def _publish_images(self, room: int, excluded: set[str]) -> int:
         sent = 0
@@ -547,9 +575,10 @@ class SyncEngine:
             props.ContentType = "image/jpeg"
             props.UserProperty = [("record_uuid", image["record_uuid"] or ""), ("role", image["role"])]
             info = self.client.publish(self.topics.image(sha), data, qos=1, properties=props)
-            self._inflight[info.mid] = ("image", sha, IMAGE, time.monotonic())
-            self._held.add(sha)
-            sent += 1
+            if self._accepted(info, sha):
+                self._inflight[info.mid] = ("image", sha, IMAGE, time.monotonic())
+                self._held.add(sha)
+                sent += 1
         return sent
 
     def _image_bytes(self, image: dict) -> bytes | None:
