@@ -346,3 +346,20 @@ def test_housekeeping_purges_and_follows_the_remote_interval(store):
     finally:
         hk.stop()
     assert hk.health()["state"] == "stopped"
+
+
+def test_connection_refused_by_the_broker_is_reported(setup, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, "gate.sync")
+    (tmp_path / "password").write_text("not-the-password\n")
+    with Mosquitto(extra_config="allow_anonymous false\n") as broker:
+        cfg, store = setup(broker.port, mqtt_extra=f'username = "gate"\npassword_file = "{tmp_path / "password"}"\n')
+        store.add("alarm", EXAMPLES["alarm"])
+        sync = SyncSubsystem(gate_of(cfg, store), backoff_start=0.1, backoff_max=0.4)
+        sync.start()
+        try:
+            assert wait_until(lambda: sync.health().get("condition") == "refused")
+            assert "broker refused the connection" in sync.health()["detail"]
+            assert "broker refused the connection" in caplog.text
+            assert store.depth()["by_priority"]["alarm"] == 1
+        finally:
+            sync.stop()
