@@ -38,10 +38,12 @@ def health_data(store) -> dict:
 class Housekeeping:
     name = "housekeeping"
 
-    def __init__(self, store, health_interval_s: float, purge_interval_s: float = PURGE_INTERVAL_S):
+    def __init__(self, store, health_interval_s: float, purge_interval_s: float = PURGE_INTERVAL_S,
+                 first_purge_s: float = 5.0):
         self.store = store
         self.health_interval_s = health_interval_s
         self.purge_interval_s = purge_interval_s
+        self.first_purge_s = first_purge_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._state = {"state": STARTING, "detail": ""}
@@ -68,7 +70,7 @@ class Housekeeping:
         return float(remote.get("mqtt.health_interval_s", self.health_interval_s))
 
     def _loop(self) -> None:
-        next_purge = time.monotonic() + 5.0
+        next_purge = time.monotonic() + self.first_purge_s
         while True:
             self.produce_health()
             if time.monotonic() >= next_purge:

@@ -6,14 +6,16 @@ keeps nothing on disk; after a crash or restart the unconfirmed records are
 simply read from the outbox again and re-sent with the same UUID (the
 platform de-duplicates on it).
 
-Two threads share one paho client:
+Threads around one paho client:
 - the link thread connects (TLS, persistent session, last will), runs the
   network loop, and reconnects with capped exponential backoff and jitter;
 - the pump thread owns the in-flight window: it re-reads the outbox head each
-  time the window has room (so an alarm goes out next, ahead of any backlog),
-  publishes, and commits PUBACKs in batches (many per transaction).
-A third, small thread handles downlink (commands, config, lists) so a slow
-command never holds the pump.
+  time the window has room (so an alarm goes out next, ahead of any backlog;
+  a stored alarm wakes it through Store.listeners) and publishes;
+- the committer thread marks PUBACKed records sent, many per transaction
+  (group commit), while the pump goes on publishing;
+- the downlink thread handles commands, config and lists, so a slow command
+  never holds the pump.
 
 MQTT v5 is used because its PUBACK carries a reason code: a publish the
 broker's ACL refuses is NOT confirmed, it stays in the outbox.
@@ -147,11 +149,16 @@ class SyncEngine:
         # pump-thread state
         self._inflight: dict[int, tuple[str, str, int, float]] = {}   # mid -> (what, key, prio, sent)
         self._held: set[str] = set()              # in flight or confirmed, not yet committed
-        self._acked: list[tuple[str, str]] = []    # (what, key) confirmed, to commit
-        self._acked_since = 0.0
+        self._uncommitted = 0                      # confirmed, handed to the committer
         self._refused: dict[str, float] = {}      # key -> retry time
+        self._urgent = False                      # an alarm was stored: look at the head now
+        self._last_sweep = 0.0
+        self._connected_at = 0.0
         # cross-thread
         self._acks: collections.deque = collections.deque()
+        self._to_commit: collections.deque = collections.deque()   # (what, key, priority)
+        self._committed: collections.deque = collections.deque()   # (ok, batch)
+        self._commit_wake = threading.Event()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._connected = threading.Event()
@@ -229,7 +236,9 @@ class SyncEngine:
         self._threads = [threading.Thread(target=self._guard, args=(self._link_loop,),
                                           name="sync-link", daemon=True),
                          threading.Thread(target=self._guard, args=(self._pump_loop,),
-                                          name="sync-pump", daemon=True)]
+                                          name="sync-pump", daemon=True),
+                         threading.Thread(target=self._guard, args=(self._commit_loop,),
+                                          name="sync-commit", daemon=True)]
         if self.downlink:
             self._threads.append(threading.Thread(target=self._guard, args=(self._downlink_loop,),
                                                   name="sync-downlink", daemon=True))
@@ -246,6 +255,7 @@ class SyncEngine:
                 pass
         self._stopping.set()
         self._wake.set()
+        self._commit_wake.set()
         self._downlink_q.put(None)
         for thread in self._threads:
             thread.join(timeout)
@@ -328,6 +338,9 @@ class SyncEngine:
             props.SessionExpiryInterval = SESSION_EXPIRY_S
         self.client.connect(self.host, self.port, keepalive=self.config.mqtt.keepalive_s,
                             clean_start=not self.persistent, properties=props)
+        sock = self.client.socket()
+        if sock is not None:   # paho leaves Nagle on: small PUBLISHes would wait for ACKs
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _retry_later(self, condition: str, reason: str) -> None:
         self._lost(condition, reason)
@@ -355,6 +368,7 @@ class SyncEngine:
             self._set_link(DEGRADED, "refused", detail, connected=False)
             return
         self._attempt = 0
+        self._connected_at = time.monotonic()
         client.publish(self.topics.availability, b"online", qos=1, retain=True)
         if self.downlink:
             client.subscribe([(self.topics.config, 1), (self.topics.lists, 1), (self.topics.commands, 1)])
@@ -378,6 +392,8 @@ class SyncEngine:
         self._downlink_q.put((message.topic, message.payload))
 
     def _on_record(self, record) -> None:
+        if record.priority == ALARM:
+            self._urgent = True
         self._idle.clear()
         self._wake.set()
 
@@ -385,69 +401,94 @@ class SyncEngine:
 
     def _pump_loop(self) -> None:
         while not self._stopping.is_set():
-            timeout = self.commit_interval_s if self._acked else 0.5
-            self._wake.wait(timeout)
+            self._wake.wait(0.5)
             self._wake.clear()
             self._take_acks()
-            self._commit()
+            self._take_commits()
             if self._connected.is_set():
+                self._sweep_stale()
                 found = self._fill()
-                if not found and not self._inflight and not self._acked:
+                if not found and not self._inflight and not self._uncommitted:
                     self._idle.set()
-            elif not self._connected.is_set():
+            else:
                 self._idle.clear()
         self._take_acks()
-        self._commit(force=True)
 
     def _take_acks(self) -> None:
+        confirmed = []
         while self._acks:
             mid, reason_code = self._acks.popleft()
             entry = self._inflight.pop(mid, None)
             if entry is None:
                 continue
-            what, key, _prio, _sent = entry
+            what, key, prio, _sent = entry
             if reason_code.is_failure:
-                self._held.discard(key)
-                self._refused[key] = time.monotonic() + self.refused_retry_s
-                self.stats["refused"] += 1
-                topic = self.topics.image(key) if what == "image" else f"{what} {key}"
-                detail = f"broker refused a publish ({reason_code}) for {topic}: ACL? kept in the outbox, " \
-                         f"retrying in {self.refused_retry_s:.0f} s"
-                if self.link.condition != "publish_refused":
-                    log.error("sync: %s", detail)
-                self._set_link(DEGRADED, "publish_refused", detail)
+                self._refuse(what, key, reason_code)
                 continue
-            if not self._acked:
-                self._acked_since = time.monotonic()
-            self._acked.append((what, key))
-            if _prio == ALARM:
-                self._acked_since = 0.0   # commit an alarm's confirmation at once
+            confirmed.append((what, key, prio))
+        if confirmed:
+            self._uncommitted += len(confirmed)
+            self._to_commit.extend(confirmed)
+            self._commit_wake.set()
 
-    def _commit(self, force: bool = False) -> None:
-        if not self._acked:
-            return
-        if not force and len(self._acked) < 1000 and \
-                time.monotonic() - self._acked_since < self.commit_interval_s:
-            return
-        batch, self._acked = self._acked, []
-        records = [key for what, key in batch if what != "image"]
-        images = [key for what, key in batch if what == "image"]
+    def _refuse(self, what: str, key: str, reason_code) -> None:
+        self._held.discard(key)
+        self._refused[key] = time.monotonic() + self.refused_retry_s
+        self.stats["refused"] += 1
+        topic = self.topics.image(key) if what == "image" else f"{what} {key}"
+        detail = f"broker refused a publish ({reason_code}) for {topic}: ACL? kept in the outbox, " \
+                 f"retrying in {self.refused_retry_s:.0f} s"
+        if self.link.condition != "publish_refused":
+            log.error("sync: %s", detail)
+        self._set_link(DEGRADED, "publish_refused", detail)
+
+    def _take_commits(self) -> None:
+        """Release what the committer thread wrote (or failed to write: then re-sent)."""
+        while self._committed:
+            ok, batch = self._committed.popleft()
+            self._uncommitted -= len(batch)
+            self._held.difference_update(key for _, key, _ in batch)
+            if ok:
+                self.stats["records"] += sum(what == "record" for what, _, _ in batch)
+                self.stats["images"] += sum(what == "image" for what, _, _ in batch)
+        if self.link.condition == "publish_refused" and not self._refused:
+            self._set_link(OK, "connected", f"connected to {self.config.mqtt.url}")
+
+    # --- the committer thread -------------------------------------------------------
+
+    def _commit_loop(self) -> None:
+        """Group commit: PUBACKs are marked sent many per transaction, while the pump goes
+        on publishing (an fsync costs milliseconds; one per PUBACK would cap the rate)."""
+        while True:
+            self._commit_wake.wait(0.5)
+            self._commit_wake.clear()
+            if self._to_commit and not any(p == ALARM for _, _, p in list(self._to_commit)) \
+                    and len(self._to_commit) < 1000:
+                time.sleep(self.commit_interval_s)   # gather more, unless an alarm waits
+            batch = []
+            while self._to_commit:
+                batch.append(self._to_commit.popleft())
+            if batch:
+                self._commit(batch)
+            elif self._stopping.is_set():
+                return
+
+    def _commit(self, batch: list) -> None:
+        records = [key for what, key, _ in batch if what == "record"]
+        images = [key for what, key, _ in batch if what == "image"]
         try:
             for start in range(0, len(records), 500):
                 self.store.mark_sent(records[start:start + 500])
             for sha in images:
                 self.store.mark_image_sent(sha)
+            ok = True
         except Exception as exc:
-            # Not committed: leave them unsent; they'll go again (same UUID).
+            # Not committed: they stay unsent and go again, with the same UUID.
             log.error("sync: cannot commit %d confirmation(s): %s", len(batch), exc)
-            self._held.difference_update(key for _, key in batch)
-            return
-        self.stats["records"] += len(records)
-        self.stats["images"] += len(images)
-        self._held.difference_update(key for _, key in batch)
-        if self.link.condition == "publish_refused" and not self._refused:
-            self._set_link(OK, "connected", f"connected to {self.config.mqtt.url}")
-        if time.monotonic() - self._last_state_save > 5:
+            ok = False
+        self._committed.append((ok, batch))
+        self._wake.set()
+        if ok and time.monotonic() - self._last_state_save > 5:
             self._last_state_save = time.monotonic()
             self._save_state()
 
@@ -460,6 +501,9 @@ class SyncEngine:
     def _fill(self) -> int:
         """Publish from the outbox head while the window has room; returns how many went."""
         room = self.window - len(self._inflight)
+        urgent, self._urgent = self._urgent, False
+        if self._inflight and room < max(1, self.window // 4) and not urgent:
+            return 0   # refill in chunks: one outbox query per few PUBACKs, not per PUBACK
         excluded = self._excluded()
         if room <= 0:
             if len(self._inflight) >= self.window + ALARM_EXTRA:
@@ -489,8 +533,32 @@ class SyncEngine:
             log.error("sync: record %s (%s) is %d bytes, over mqtt.max_message_kb; sent anyway "
                       "(records are never dropped)", record.uuid, record.kind, len(payload))
         info = self.client.publish(self.topics.record(record.kind), payload, qos=1)
-        self._inflight[info.mid] = ("record", record.uuid, record.priority, time.monotonic())
-        self._held.add(record.uuid)
+        if self._accepted(info, record.uuid):
+            self._inflight[info.mid] = ("record", record.uuid, record.priority, time.monotonic())
+            self._held.add(record.uuid)
+
+    def _accepted(self, info, key: str) -> bool:
+        """Whether paho took the message (queued for a reconnect counts as taken)."""
+        if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            return True
+        log.error("sync: paho refused to publish %s: %s; it stays in the outbox", key,
+                  mqtt.error_string(info.rc))
+        self._refused[key] = time.monotonic() + self.refused_retry_s
+        return False
+
+    def _sweep_stale(self, max_age_s: float = 120.0) -> None:
+        """A message unconfirmed for minutes while connected is forgotten here and re-sent
+        from the outbox (same UUID), so a lost PUBACK can't shrink the window for good."""
+        now = time.monotonic()
+        if now - self._last_sweep < 5.0:
+            return
+        self._last_sweep = now
+        for mid, (what, key, _prio, sent) in list(self._inflight.items()):
+            waited = now - max(sent, self._connected_at)   # paho re-sends its own on a reconnect
+            if waited > max_age_s and self.link.connected:
+                log.warning("sync: no PUBACK for %s %s in %.0f s; sending it again", what, key, waited)
+                del self._inflight[mid]
+                self._held.discard(key)
 
     def _publish_images(self, room: int, excluded: set[str]) -> int:
         sent = 0
@@ -507,9 +575,10 @@ class SyncEngine:
             props.ContentType = "image/jpeg"
             props.UserProperty = [("record_uuid", image["record_uuid"] or ""), ("role", image["role"])]
             info = self.client.publish(self.topics.image(sha), data, qos=1, properties=props)
-            self._inflight[info.mid] = ("image", sha, IMAGE, time.monotonic())
-            self._held.add(sha)
-            sent += 1
+            if self._accepted(info, sha):
+                self._inflight[info.mid] = ("image", sha, IMAGE, time.monotonic())
+                self._held.add(sha)
+                sent += 1
         return sent
 
     def _image_bytes(self, image: dict) -> bytes | None:

@@ -12,6 +12,7 @@ from agent import config as configmod
 from agent.bus import Bus
 from agent.housekeeping import Housekeeping
 from agent.privacy import Sealer, load_key
+from agent.records import new_record
 from agent.store import DiskFull, open_store
 from agent.sync import SyncEngine, SyncSubsystem
 from agent.topics import Topics
@@ -69,6 +70,14 @@ def fast_engine(cfg, store, **kw):
     kw.setdefault("backoff_start", 0.1)
     kw.setdefault("backoff_max", 0.4)
     return SyncEngine(cfg, store, Bus(), **kw)
+
+
+def bulk_add(store, kind, n):
+    """n records in one transaction (a quick backlog); their UUIDs."""
+    store.db.conn.execute("BEGIN")
+    uuids = {store.put(new_record(kind, EXAMPLES[kind], device_id=DEVICE, site=SITE)).uuid for _ in range(n)}
+    store.db.conn.execute("COMMIT")
+    return uuids
 
 
 def wait_until(predicate, timeout=10.0):
@@ -140,7 +149,7 @@ def test_broker_restart_mid_drain_loses_nothing(setup):
     broker = Mosquitto(persistent=True)
     with broker, Subscriber(broker.port, "gate/+/+/records/#", session="platform") as sub:
         cfg, store = setup(broker.port, mqtt_extra="inflight = 8\n")
-        made = {store.add("badge_read", EXAMPLES["badge_read"]).uuid for _ in range(3000)}
+        made = bulk_add(store, "badge_read", 3000)
         engine = fast_engine(cfg, store, downlink=False)
         engine.start()
         try:
@@ -299,3 +308,58 @@ def test_sync_help_has_examples():
     for args in (["sync", "--help"], ["sync", "now", "--help"], ["sync", "status", "--help"]):
         done = run_cli(*args)
         assert done.returncode == 0 and "Example:" in done.stdout
+
+
+def test_gate_builds_sync_and_housekeeping(tmp_path, data_key):
+    from agent.gate import AREAS, Gate
+    with Mosquitto() as broker, Subscriber(broker.port, "gate/#") as sub:
+        cfg = make_config(tmp_path, broker.port, mqtt_extra="health_interval_s = 1\n")
+        gate = Gate(cfg).build([area for area in AREAS if area[0] in ("agent.sync", "agent.housekeeping")])
+        names = [slot.subsystem.name for slot in gate.supervisor.slots]
+        assert names == ["sync", "housekeeping"]
+        gate.start()
+        try:
+            assert sub.wait_for(lambda m: sum(t.endswith("/records/health") for t, _, _ in m) >= 2, 10)
+            gate.supervisor.check()
+            states = gate.store.state_get("subsystems")
+            assert states["sync"]["state"] == "ok" and states["housekeeping"]["state"] == "ok"
+            health = [r for r in sub.records() if r["kind"] == "health"][-1]["data"]
+            assert set(health["outbox"]["by_priority"]) == {"alarm", "decision", "read", "image", "health"}
+            assert health["versions"]["agent"] and health["disk_free_mb"] > 0
+            assert "oldest_unsent_s" in health["outbox"]
+        finally:
+            gate.stop()
+        assert sub.wait_for(lambda m: any(t.endswith("/availability") and p == b"offline" for t, p, _ in m))
+
+
+def test_housekeeping_purges_and_follows_the_remote_interval(store):
+    hk = Housekeeping(store, health_interval_s=60, purge_interval_s=0, first_purge_s=0)
+    store.retention = {"plate_read": 90}
+    store.state_set("remote_config", {"version": 2, "settings": {"mqtt.health_interval_s": 0.05}})
+    assert hk.interval() == 0.05
+    old = store.add("plate_read", EXAMPLES["plate_read"], at=time.time() - 200 * 86400)
+    store.mark_sent([old.uuid])
+    hk.start()
+    try:
+        assert wait_until(lambda: len(store.records("health")) >= 3)
+        assert wait_until(lambda: store.get(old.uuid) is None)   # 90-day retention applied
+    finally:
+        hk.stop()
+    assert hk.health()["state"] == "stopped"
+
+
+def test_connection_refused_by_the_broker_is_reported(setup, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, "gate.sync")
+    (tmp_path / "password").write_text("not-the-password\n")
+    with Mosquitto(extra_config="allow_anonymous false\n") as broker:
+        cfg, store = setup(broker.port, mqtt_extra=f'username = "gate"\npassword_file = "{tmp_path / "password"}"\n')
+        store.add("alarm", EXAMPLES["alarm"])
+        sync = SyncSubsystem(gate_of(cfg, store), backoff_start=0.1, backoff_max=0.4)
+        sync.start()
+        try:
+            assert wait_until(lambda: sync.health().get("condition") == "refused")
+            assert "broker refused the connection" in sync.health()["detail"]
+            assert "broker refused the connection" in caplog.text
+            assert store.depth()["by_priority"]["alarm"] == 1
+        finally:
+            sync.stop()
