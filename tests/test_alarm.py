@@ -317,3 +317,36 @@ def test_the_alarm_path_does_not_wait_for_a_stuck_subscriber(config_file, factor
     finally:
         stuck.set()
         gate.stop()
+
+
+def test_a_failing_timer_round_degrades_but_keeps_the_buttons(gate, factory, monkeypatch):
+    panel = subsystem(gate, "alarm")
+    real_add = gate.store.add
+
+    def refusing_add(kind, data, at=None):
+        if kind == "tamper":
+            raise OSError("database is locked (simulated)")
+        return real_add(kind, data, at)
+    monkeypatch.setattr(gate.store, "add", refusing_add)
+    factory.pin(NC_PIN).drive_high()
+    with pytest.raises(OSError):
+        panel.tick(time.monotonic() + 6)  # the cut-wire record can't be written
+    press(factory)
+    assert {a.data["button"] for a in alarms(gate)} == {"b1", "b2"}
+    monkeypatch.setattr(gate.store, "add", real_add)
+    panel.tick(time.monotonic() + 6)
+    assert gate.store.records("tamper")[0].data["condition"] == "cut"
+
+
+def test_the_timer_thread_survives_a_failing_round(gate, factory, monkeypatch):
+    panel = subsystem(gate, "alarm")
+
+    def broken_tick(now):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(panel, "tick", broken_tick)
+    health = wait_for(lambda: panel.health()["state"] == "degraded" and panel.health())
+    assert "timer round failed: boom" in health["detail"]
+    monkeypatch.undo()
+    wait_for(lambda: panel.health()["state"] == "ok", what="recovery")
+    press(factory)
+    assert alarms(gate)
