@@ -350,3 +350,31 @@ def test_the_timer_thread_survives_a_failing_round(gate, factory, monkeypatch):
     wait_for(lambda: panel.health()["state"] == "ok", what="recovery")
     press(factory)
     assert alarms(gate)
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@given(st.lists(st.floats(min_value=0.0001, max_value=0.049), min_size=1, max_size=40))
+def test_any_chatter_shorter_than_debounce_is_one_press(gaps):
+    """However a contact chatters, releases shorter than debounce_s never make a second press."""
+    detector, t, pressed, presses = PressDetector(0.05), 0.0, True, 0
+    presses += detector.edge(True, t)
+    for gap in gaps:
+        t += gap
+        pressed = not pressed
+        presses += detector.edge(pressed, t)
+    assert presses == 1
+
+
+@given(st.lists(st.tuples(st.floats(min_value=0.0, max_value=1.0),
+                          st.floats(min_value=0.051, max_value=1.0)), max_size=40))
+def test_distinct_presses_are_counted_exactly(holds_and_releases):
+    """Clean presses separated by releases longer than debounce_s each count once."""
+    detector, t, counted = PressDetector(0.05), 0.0, 0
+    for hold, released in holds_and_releases:
+        counted += detector.edge(True, t)
+        t += hold
+        detector.edge(False, t)
+        t += released
+    assert counted == len(holds_and_releases)
