@@ -159,7 +159,7 @@ class AlarmPanel:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_drill_refresh = 0.0
-        self._drill_shown: dict | None = None
+        self._drill_shown: tuple | None = None
         self._round_error: str | None = None
         self._thread_local = threading.local()
 
@@ -396,8 +396,12 @@ class AlarmPanel:
         state = self.drill.state(now_wall)
         if self.drill_lamp is not None:
             (self.drill_lamp.on if state["on"] else self.drill_lamp.off)()
-        if state != self._drill_shown:
-            self._drill_shown = state
+        seen = (state, self.drill.request.get("set_at"))
+        if seen == self._drill_shown:
+            return
+        if self._drill_shown is None or state != self._drill_shown[0]:
             log.log(logging.WARNING if state["on"] else logging.INFO, "drill mode %s%s",
                     "ON" if state["on"] else "off", f" ({state['source']})" if state["on"] else "")
-            self.store.state_set("drill", dict(state, updated=now_wall))
+        self._drill_shown = seen
+        # published for every new request too, so `gate-agent drill` sees it was picked up
+        self.store.state_set("drill", dict(state, updated=now_wall))

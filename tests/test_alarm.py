@@ -255,6 +255,8 @@ def test_drill_from_the_cli_is_picked_up_by_the_running_agent(gate, factory, con
     result = run_cli("--config", path, "drill", "off", "--wait", "3")
     assert result.returncode == 0, result.stderr
     assert not pin_on(factory, DRILL_LAMP)
+    again = run_cli("--config", path, "drill", "off", "--wait", "3")  # already off
+    assert "the agent confirmed: drill mode off" in again.stdout
 
 
 def test_drill_cli_without_a_running_agent_says_so(config_file):
