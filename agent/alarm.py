@@ -159,15 +159,15 @@ class AlarmPanel:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_drill_refresh = 0.0
-        self._drill_shown: dict | None = None
-        self._error: str | None = None
+        self._drill_shown: tuple | None = None
+        self._round_error: str | None = None
         self._thread_local = threading.local()
 
     # --- lifecycle ---
 
     def start(self) -> None:
         self._stop.clear()
-        self._error = None
+        self._round_error = None
         self.pins = self.open_pins()
         try:
             self._open()
@@ -196,9 +196,10 @@ class AlarmPanel:
             contact = self.pins.button(f"alarm.buttons[{i}] {spec.name}", spec.pin, spec.wiring)
             button = Button(spec, contact)
             self.buttons.append(button)
-            contact.when_changed = lambda closed, at, b=button: self.on_edge(b, closed, at)
-            if button.pressed_now():
+            if button.detector.pressed:
                 self._found_pressed(button)
+            contact.when_changed = lambda closed, at, b=button: self.on_edge(b, closed, at)
+            self.on_edge(button, contact.is_active, time.monotonic())  # an edge while attaching
         self.drill.refresh()
         self._show_drill(time.time())
         log.info("alarm panel up: %d button(s), siren %s, drill %s", len(self.buttons),
@@ -235,11 +236,13 @@ class AlarmPanel:
         self.buttons = []
 
     def health(self) -> dict:
-        if self._error:
-            return {"state": "fault", "detail": self._error}
         if self.pins is None:
             return {"state": "stopped", "detail": ""}
+        if self._thread is None or not self._thread.is_alive():
+            return {"state": "fault", "detail": "the alarm timer thread is not running"}
         problems = [f"button {b.name} wire cut" for b in self.buttons if b.cut_reported]
+        if self._round_error:
+            problems.append(self._round_error)
         if self._unstored:
             problems.append(f"{len(self._unstored)} alarm(s) not stored yet")
         drill = self.drill.state()
@@ -258,19 +261,21 @@ class AlarmPanel:
                 button.raw_pressed, button.raw_since = pressed, at
             if not button.detector.edge(pressed, at):
                 return
-            record = self._alarm_record(button, at)
+            record = None
             try:
+                record = self._alarm_record(button, at)
                 self._no_checkpoints_here()
                 self.store.put(record)
             except Exception as exc:
-                log.critical("ALARM from button %s NOT STORED (%s): kept in memory, retrying",
-                             button.name, exc)
-                self._unstored.append(record)
+                log.critical("ALARM from button %s (%s) NOT STORED (%s): %s", button.name,
+                             button.location, exc, "kept in memory, retrying" if record else "LOST")
+                if record is not None:
+                    self._unstored.append(record)
             else:
                 self._unacked.add(record.uuid)
+                log.warning("ALARM: button %s (%s)%s stored as %s", button.name, button.location,
+                            " [drill]" if record.data["drill"] else "", record.uuid)
         self._siren_on(at)
-        log.warning("ALARM: button %s (%s)%s stored as %s", button.name, button.location,
-                    " [drill]" if record.data["drill"] else "", record.uuid)
 
     def _no_checkpoints_here(self) -> None:
         """This thread's connection never runs a WAL checkpoint: an alarm commit must not pay
@@ -278,7 +283,10 @@ class AlarmPanel:
         connections keep SQLite's automatic checkpoints."""
         db = self.store.db
         if getattr(self._thread_local, "prepared", None) is not db:
-            db.execute("PRAGMA wal_autocheckpoint = 0")
+            try:
+                db.execute("PRAGMA wal_autocheckpoint = 0")
+            except Exception as exc:  # a nicety: never let it stop the alarm
+                log.warning("cannot turn off checkpoints on the alarm's connection: %s", exc)
             self._thread_local.prepared = db
 
     def _alarm_record(self, button: Button, at: float):
@@ -325,13 +333,16 @@ class AlarmPanel:
     # --- timers: siren, ack lamp, tamper, drill, retries ---
 
     def _run(self) -> None:
+        """Runs until stopped: a failed round (a tamper record the store refused, say) is
+        logged and shown as degraded, never a reason to take the buttons down."""
         while not self._stop.wait(TICK_S):
             try:
                 self.tick(time.monotonic())
+                self._round_error = None
             except Exception as exc:
-                log.exception("alarm timer round failed")
-                self._error = f"timer thread failed: {exc}"
-                return
+                if self._round_error is None:
+                    log.exception("alarm timer round failed")
+                self._round_error = f"timer round failed: {exc}"
 
     def tick(self, now: float) -> None:
         """One round of the panel's timers, as of monotonic time `now`."""
@@ -362,12 +373,12 @@ class AlarmPanel:
                 cut = button.raw_pressed  # restored only when the contact closes again
             if cut == button.cut_reported:
                 return
-            button.cut_reported = cut
         condition = "cut" if cut else "restored"
-        log.error("alarm button %s (%s): wire %s", button.name, button.location, condition)
         self.store.add("tamper", {"source": "alarm_button", "condition": condition,
                                   "button": button.name, "location": button.location,
                                   "open_s": round(open_s, 1) if cut else None})
+        button.cut_reported = cut  # only once recorded: a failed write is tried again next round
+        log.error("alarm button %s (%s): wire %s", button.name, button.location, condition)
 
     def _retry_unstored(self) -> None:
         while self._unstored:
@@ -385,8 +396,12 @@ class AlarmPanel:
         state = self.drill.state(now_wall)
         if self.drill_lamp is not None:
             (self.drill_lamp.on if state["on"] else self.drill_lamp.off)()
-        if state != self._drill_shown:
-            self._drill_shown = state
+        seen = (state, self.drill.request.get("set_at"))
+        if seen == self._drill_shown:
+            return
+        if self._drill_shown is None or state != self._drill_shown[0]:
             log.log(logging.WARNING if state["on"] else logging.INFO, "drill mode %s%s",
                     "ON" if state["on"] else "off", f" ({state['source']})" if state["on"] else "")
-            self.store.state_set("drill", dict(state, updated=now_wall))
+        self._drill_shown = seen
+        # published for every new request too, so `gate-agent drill` sees it was picked up
+        self.store.state_set("drill", dict(state, updated=now_wall))

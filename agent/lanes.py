@@ -289,6 +289,7 @@ class Lanes:
             if contact is not None:
                 contact.when_changed = (lambda active, at, w=worker, m=handlers[part]:
                                         w.post(m, active, at))
+                worker.post(handlers[part], contact.is_active, time.monotonic())  # missed while attaching
         return worker
 
     def _worker(self, lane: str, what: str) -> LaneWorker | None:

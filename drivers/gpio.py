@@ -20,7 +20,7 @@ import time
 import warnings
 from typing import Callable
 
-from gpiozero import CallbackSetToNone, DigitalInputDevice, DigitalOutputDevice
+from gpiozero import BadPinFactory, CallbackSetToNone, DigitalInputDevice, DigitalOutputDevice
 
 log = logging.getLogger("gate.gpio")
 
@@ -121,7 +121,7 @@ class GpioPins:
         """The output a config table describes, driven inactive; None if it isn't fitted."""
         if spec is None or spec.pin is None:
             return None
-        out = Output(name, spec.pin, spec.active_high, self.pin_factory)
+        out = self._opening(Output, name, spec.pin, spec.active_high, self.pin_factory)
         self.opened.append(out)
         if out.found_active:
             log.warning("%s (pin %d) was found energised (left on by a crash, or the pin's "
@@ -132,8 +132,8 @@ class GpioPins:
         """The input a config table describes (pin, pull_up, active_high); None if not fitted."""
         if spec is None or spec.pin is None:
             return None
-        contact = Contact(name, spec.pin, pull_up=spec.pull_up, active_high=spec.active_high,
-                          pin_factory=self.pin_factory)
+        contact = self._opening(Contact, name, spec.pin, pull_up=spec.pull_up,
+                                active_high=spec.active_high, pin_factory=self.pin_factory)
         self.opened.append(contact)
         return contact
 
@@ -143,11 +143,23 @@ class GpioPins:
         With simulated pins an NC button's contact starts closed, as the real loop is
         at rest (the mock pull-up would otherwise read as a cut wire).
         """
-        contact = Contact(name, pin, pull_up=True, active_high=False, pin_factory=self.pin_factory)
+        contact = self._opening(Contact, name, pin, pull_up=True, active_high=False,
+                                pin_factory=self.pin_factory)
         if wiring == "nc" and self.simulated:
             self.pin_factory.pin(pin).drive_low()
         self.opened.append(contact)
         return contact
+
+    @staticmethod
+    def _opening(kind, name, pin, *args, **kwargs):
+        """Open one part; a failure says which part and pin, and what to do on a PC."""
+        try:
+            return kind(name, pin, *args, **kwargs)
+        except BadPinFactory as exc:
+            raise RuntimeError(f"no GPIO on this machine for {name} (pin {pin}): {exc}; "
+                               "on a PC run 'gate-agent run --simulate'") from None
+        except Exception as exc:
+            raise RuntimeError(f"cannot open {name} on pin {pin}: {exc}") from exc
 
     def close(self) -> None:
         """Drive every output inactive and release every pin; safe to call twice."""

@@ -255,6 +255,8 @@ def test_drill_from_the_cli_is_picked_up_by_the_running_agent(gate, factory, con
     result = run_cli("--config", path, "drill", "off", "--wait", "3")
     assert result.returncode == 0, result.stderr
     assert not pin_on(factory, DRILL_LAMP)
+    again = run_cli("--config", path, "drill", "off", "--wait", "3")  # already off
+    assert "the agent confirmed: drill mode off" in again.stdout
 
 
 def test_drill_cli_without_a_running_agent_says_so(config_file):
@@ -317,3 +319,64 @@ def test_the_alarm_path_does_not_wait_for_a_stuck_subscriber(config_file, factor
     finally:
         stuck.set()
         gate.stop()
+
+
+def test_a_failing_timer_round_degrades_but_keeps_the_buttons(gate, factory, monkeypatch):
+    panel = subsystem(gate, "alarm")
+    real_add = gate.store.add
+
+    def refusing_add(kind, data, at=None):
+        if kind == "tamper":
+            raise OSError("database is locked (simulated)")
+        return real_add(kind, data, at)
+    monkeypatch.setattr(gate.store, "add", refusing_add)
+    factory.pin(NC_PIN).drive_high()
+    with pytest.raises(OSError):
+        panel.tick(time.monotonic() + 6)  # the cut-wire record can't be written
+    press(factory)
+    assert {a.data["button"] for a in alarms(gate)} == {"b1", "b2"}
+    monkeypatch.setattr(gate.store, "add", real_add)
+    panel.tick(time.monotonic() + 6)
+    assert gate.store.records("tamper")[0].data["condition"] == "cut"
+
+
+def test_the_timer_thread_survives_a_failing_round(gate, factory, monkeypatch):
+    panel = subsystem(gate, "alarm")
+
+    def broken_tick(now):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(panel, "tick", broken_tick)
+    health = wait_for(lambda: panel.health()["state"] == "degraded" and panel.health())
+    assert "timer round failed: boom" in health["detail"]
+    monkeypatch.undo()
+    wait_for(lambda: panel.health()["state"] == "ok", what="recovery")
+    press(factory)
+    assert alarms(gate)
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@given(st.lists(st.floats(min_value=0.0001, max_value=0.049), min_size=1, max_size=40))
+def test_any_chatter_shorter_than_debounce_is_one_press(gaps):
+    """However a contact chatters, releases shorter than debounce_s never make a second press."""
+    detector, t, pressed, presses = PressDetector(0.05), 0.0, True, 0
+    presses += detector.edge(True, t)
+    for gap in gaps:
+        t += gap
+        pressed = not pressed
+        presses += detector.edge(pressed, t)
+    assert presses == 1
+
+
+@given(st.lists(st.tuples(st.floats(min_value=0.0, max_value=1.0),
+                          st.floats(min_value=0.051, max_value=1.0)), max_size=40))
+def test_distinct_presses_are_counted_exactly(holds_and_releases):
+    """Clean presses separated by releases longer than debounce_s each count once."""
+    detector, t, counted = PressDetector(0.05), 0.0, 0
+    for hold, released in holds_and_releases:
+        counted += detector.edge(True, t)
+        t += hold
+        detector.edge(False, t)
+        t += released
+    assert counted == len(holds_and_releases)

@@ -268,3 +268,21 @@ def test_fail_safe_needs_hold_mode(config_file):
     path = config_file('[[lanes]]\nname = "x"\nbarrier = { pin = 17 }\nfail_mode = "safe"\n')
     with pytest.raises(ConfigError, match=r"lanes\[1\].fail_mode = 'safe': needs barrier_mode = 'hold'"):
         load(path)
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+from agent.debounce import Debounce  # noqa: E402
+
+
+@given(st.lists(st.tuples(st.booleans(), st.floats(min_value=0.0, max_value=0.5)), max_size=40))
+def test_debounce_always_ends_where_the_input_settled(edges):
+    """Whatever the chatter, once the input is left alone the reported state is the input's."""
+    debounce, t, raw = Debounce(0.2), 0.0, False
+    for raw, gap in edges:
+        t += gap
+        debounce.edge(raw, t)
+    while debounce.due is not None:
+        t = max(t, debounce.due)
+        debounce.settle(t)
+    assert debounce.state == raw
