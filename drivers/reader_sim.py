@@ -28,7 +28,7 @@ import termios
 import threading
 import time
 import tty
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent import badges as badgefmt
@@ -326,6 +326,8 @@ class _Simulator:
         self._thread: threading.Thread | None = None
 
     def start(self):
+        if self.plugged:
+            return self
         self.port = self.port_io.open()
         self.plugged = True
         self._stop.clear()
@@ -379,7 +381,6 @@ class ReaderSimulator(_Simulator):
         super().__init__(link, url, baud)
         self.fingerprint = fingerprint
         self.queue = collections.deque(cards or [])
-        self.script = list(cards or [])
         self.repeat = repeat
         self.dwell_polls, self.gap_polls = dwell_polls, gap_polls
         self.quiet_after_read = quiet_after_read
@@ -408,10 +409,8 @@ class ReaderSimulator(_Simulator):
 
     def inject(self, fault, on: str | None = None, count: int = 1) -> None:
         """Break the next reply(ies): a Fault, a FAULTS name or a status name / hex SW3."""
-        fault = _fault(fault)
-        if on:
-            fault.on = on
-        fault.count = count if count != 1 else fault.count
+        if not isinstance(fault, Fault):
+            fault = Fault(str(fault), on, count)
         with self._lock:
             self.faults.append(fault)
 
@@ -422,6 +421,7 @@ class ReaderSimulator(_Simulator):
 
     # serving
     def _serve(self) -> None:
+        self._parser.reset()
         while not self._stop.is_set():
             data = self.port_io.read(0.05)
             if not data:
