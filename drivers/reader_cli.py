@@ -20,7 +20,8 @@ KNOWN_ADAPTERS = {
 }
 MASKED_NAMES = ("name", "english_name", "chinese_name")
 MASKED_NUMBERS = ("id_number", "pass_number")
-WITHHELD = ("address", "new_address", "photo", "fingerprint")
+WITHHELD = ("address", "new_address", "photo", "fingerprint", "birth_date")
+"""birth_date too: it is the part of the ID number that the mask hides."""
 
 
 @click.group("reader")
@@ -65,7 +66,7 @@ def shown(card: dict, reveal: bool) -> dict:
 @click.option("--reveal", is_flag=True, help="Show the ID number, name and address unmasked.")
 @click.pass_context
 def read_command(ctx, port, baud, wait_s, as_json, reveal):
-    """Read one ID card and print it (ID number and name masked unless --reveal).
+    """Read one ID card and print it (ID number, name, birth date, address masked unless --reveal).
 
     \b
     Example:
@@ -82,7 +83,7 @@ def read_command(ctx, port, baud, wait_s, as_json, reveal):
         raise UserError(str(exc)) from None
     try:
         card = read_one(link, wait_s)
-        sam = link.sam_id()
+        sam = _sam_id(link) if card else None
     except ReaderError as exc:
         raise UserError(f"{port}: {exc}") from None
     except idcard.StatusError as exc:
@@ -98,6 +99,15 @@ def read_command(ctx, port, baud, wait_s, as_json, reveal):
         return
     for key, value in card.items():
         click.echo(f"{key:>15}: {value}")
+
+
+def _sam_id(link) -> str | None:
+    """The SAM's id where the reader tells it (not every reader does)."""
+    from agent.idcard import StatusError
+    try:
+        return link.sam_id()
+    except StatusError:
+        return None
 
 
 def _configured_port(ctx, baud: int) -> tuple[str, int]:

@@ -28,7 +28,7 @@ import termios
 import threading
 import time
 import tty
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent import badges as badgefmt
@@ -326,6 +326,8 @@ class _Simulator:
         self._thread: threading.Thread | None = None
 
     def start(self):
+        if self.plugged:
+            return self
         self.port = self.port_io.open()
         self.plugged = True
         self._stop.clear()
@@ -364,19 +366,25 @@ class _Simulator:
 class ReaderSimulator(_Simulator):
     """An ID card reader with its SAM: answers find / select / read / SAM / speed commands.
 
+    Real readers differ in what a find answers while a card that was read stays on
+    them: some find it again at once (the default here), some answer "no card" for a
+    few polls (`quiet_after_read`).
+
     Attributes for tests: `requests` (recent commands as (cmd, param)), `reads` (read
     replies sent with a card's data), `fingerprint` (whether `30 10` is supported).
     """
 
     def __init__(self, cards: list | None = None, *, link=None, url: str | None = None,
                  baud: int = 115200, fingerprint: bool = True, dwell_polls: int = 3,
-                 gap_polls: int = 2, repeat: bool = False, seed: int = 0):
+                 gap_polls: int = 2, repeat: bool = False, quiet_after_read: int = 0,
+                 seed: int = 0):
         super().__init__(link, url, baud)
         self.fingerprint = fingerprint
         self.queue = collections.deque(cards or [])
-        self.script = list(cards or [])
         self.repeat = repeat
         self.dwell_polls, self.gap_polls = dwell_polls, gap_polls
+        self.quiet_after_read = quiet_after_read
+        self._quiet_left = 0
         self.card: Card | None = None
         self._scripted = False
         self._read_done = False
@@ -401,10 +409,8 @@ class ReaderSimulator(_Simulator):
 
     def inject(self, fault, on: str | None = None, count: int = 1) -> None:
         """Break the next reply(ies): a Fault, a FAULTS name or a status name / hex SW3."""
-        fault = _fault(fault)
-        if on:
-            fault.on = on
-        fault.count = count if count != 1 else fault.count
+        if not isinstance(fault, Fault):
+            fault = Fault(str(fault), on, count)
         with self._lock:
             self.faults.append(fault)
 
@@ -415,6 +421,7 @@ class ReaderSimulator(_Simulator):
 
     # serving
     def _serve(self) -> None:
+        self._parser.reset()
         while not self._stop.is_set():
             data = self.port_io.read(0.05)
             if not data:
@@ -500,6 +507,9 @@ class ReaderSimulator(_Simulator):
         ok = idcard.build_response
         if command == idcard.FIND_CARD:
             self._next_scripted()
+            if self._quiet_left > 0:
+                self._quiet_left -= 1
+                return ok(0x80, bytes(4)), None
             return ok(0x9F if self.card else 0x80, bytes(4)), None
         if command == idcard.SELECT_CARD:
             return ok(0x90 if self.card else 0x81, bytes(8) if self.card else b""), None
@@ -512,6 +522,7 @@ class ReaderSimulator(_Simulator):
             data = idcard.build_read_data(self.card.text(), self.card.photo, fingerprint)
             self.reads += 1
             self._read_done = True
+            self._quiet_left = self.quiet_after_read
             return ok(0x90, data), None
         if command == idcard.READ_NEW_ADDRESS:
             if self.card is None:

@@ -341,24 +341,28 @@ class _PortLoop:
 
 class IdCardPoller(_PortLoop):
     """Polls one ID card reader: find, select, read; each card reported once while it
-    stays on the reader (it counts as gone after `removal_polls` empty finds in a row)."""
+    stays on the reader. It counts as gone after `removal_polls` empty finds in a row
+    and `removal_s` since it was last read: some readers answer "no card" for a few
+    polls after a read although the card never moved."""
 
     kind = "idcard"
 
     def __init__(self, port: str, *, baud: int = 0, poll_s: float = 0.3, timeout_s: float = 0.5,
                  fingerprint: bool = False, name: str = "", when_card=None, when_fault=None,
-                 removal_polls: int = 2, silent_after: int = 3, backoff_s=(0.5, 10.0),
-                 today=None):
+                 removal_polls: int = 2, removal_s: float = 1.0, silent_after: int = 3,
+                 backoff_s=(0.5, 10.0), today=None):
         super().__init__(port, name=name, when_fault=when_fault, backoff_s=backoff_s)
         self.baud, self.poll_s, self.timeout_s = baud, poll_s, timeout_s
         self.want_fingerprint = fingerprint
         self.fingerprint_supported: bool | None = None
         self.when_card = when_card
-        self.removal_polls, self.silent_after = removal_polls, silent_after
+        self.removal_polls, self.removal_s = removal_polls, removal_s
+        self.silent_after = silent_after
         self.today = today
         self.link: IdCardLink | None = None
         self.detected_baud: int | None = None
         self.present: str | None = None
+        self._present_seen = 0.0
         self._empty_polls = 0
         self.reads = 0
 
@@ -395,7 +399,8 @@ class IdCardPoller(_PortLoop):
         link = self.link
         if not link.find():
             self._empty_polls += 1
-            if self._empty_polls >= self.removal_polls:
+            if (self._empty_polls >= self.removal_polls
+                    and time.monotonic() - self._present_seen >= self.removal_s):
                 self.present = None
             return None
         self._empty_polls = 0
@@ -408,6 +413,7 @@ class IdCardPoller(_PortLoop):
             self._fault("unreadable_card", f"{self.port_name}: {exc}", every_s=60)
             return None
         if card["id_number"] == self.present:
+            self._present_seen = time.monotonic()
             return None
         if self.when_card:
             try:
@@ -417,6 +423,7 @@ class IdCardPoller(_PortLoop):
                               self.name)
                 return None
         self.present = card["id_number"]
+        self._present_seen = time.monotonic()
         self.reads += 1
         return card
 

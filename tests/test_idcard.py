@@ -166,7 +166,8 @@ def test_resident_block_by_the_spec_offsets():
 
 CARDS = {
     "resident": {"name": "李娜", "gender_code": "2", "nation_code": "03", "birth": "19930901",
-                 "address": "宁夏银川市兴庆区", "id_number": idcard.make_id_number("640104", "19930901", "008"),
+                 "address": "宁夏银川市兴庆区",
+                 "id_number": idcard.make_id_number("640104", "19930901", "008"),
                  "authority": "银川市公安局", "valid_from": "20130901", "valid_to": "20330901"},
     "hkmotw": {"name": "陈大文", "gender_code": "1", "birth": "19850615", "address": "广东省深圳市",
                "id_number": idcard.make_id_number("810000", "19850615", "003"),

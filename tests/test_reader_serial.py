@@ -17,7 +17,7 @@ from drivers.reader_sim import BadgeSimulator, Card, ReaderSimulator
 from drivers.serial_reader import BadgePoller, IdCardPoller, card_from, connect_idcard, read_one
 
 TODAY = dt.date(2026, 6, 1)
-FAST = dict(poll_s=0.02, timeout_s=0.15, backoff_s=(0.05, 0.2), today=TODAY)
+FAST = dict(poll_s=0.02, timeout_s=0.15, backoff_s=(0.05, 0.2), removal_s=0.1, today=TODAY)
 
 
 def wait_for(condition, timeout=6.0, what="condition"):
@@ -121,6 +121,14 @@ def test_same_card_left_on_the_reader_is_one_read_and_a_new_placing_is_another(s
     sim.place(Card.resident(name="李四", sequence="011"))   # swapped without a gap
     wait_for(lambda: len(got.cards) == 3, what="the swapped card")
     assert got.cards[2]["name"] == "李四"
+
+
+def test_reader_that_goes_quiet_after_a_read_still_gives_one_read(tmp_path, poller_for):
+    with ReaderSimulator(link=tmp_path / "q", quiet_after_read=3) as sim:
+        poller, got = poller_for(sim.port, removal_s=0.5)
+        sim.place(Card.resident())
+        wait_for(lambda: sim.reads >= 4, what="several reads of the card left on the reader")
+        assert len(got.cards) == 1
 
 
 def test_expired_card_is_read_and_flagged(sim, poller_for):

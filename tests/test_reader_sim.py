@@ -96,7 +96,7 @@ def test_request_with_a_bad_checksum_gets_status_10(sim, port):
 @pytest.mark.parametrize("fault", ["bad_checksum", "truncated", "noise", "silence", "garbage"])
 def test_each_fault_breaks_exactly_the_next_reply(sim, port, fault):
     sim.inject(fault)
-    raw = ask(port, idcard.FIND_CARD, wait=0.3)
+    raw = ask(port, idcard.FIND_CARD, wait=0.6)
     parser = idcard.FrameParser()
     broken = parser.feed(raw) + parser.flush()
     if fault == "noise":
@@ -153,10 +153,10 @@ def test_script_places_each_card_until_read_then_leaves_a_gap(tmp_path):
         with serial.Serial(sim.port, 115200, timeout=0.05) as port:
             seen = []
             for _ in range(14):
-                find = idcard.FrameParser().feed(ask(port, idcard.FIND_CARD, wait=0.2))
+                find = idcard.FrameParser().feed(ask(port, idcard.FIND_CARD, wait=0.5))
                 status = find[0].sw3 if find else None
                 if status == 0x9F:
-                    read = idcard.FrameParser().feed(ask(port, idcard.READ_TEXT_PHOTO, wait=0.2))
+                    read = idcard.FrameParser().feed(ask(port, idcard.READ_TEXT_PHOTO, wait=0.5))
                     seen.append(idcard.parse_text(idcard.parse_read_data(read[0].data).text)["name"]
                                 if read else None)
                 else:
