@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.dataset import is_held_out, load_folder  # noqa: E402
-from models.recognizer import char_accuracy, load_recognizer  # noqa: E402
+from models.recognizer import MODEL_DIR, char_accuracy, load_recognizer  # noqa: E402
 
 
 def load(data: Path, split: str):
@@ -56,7 +56,7 @@ def alnum(text: str) -> str:
     return re.sub(r"[^A-Z0-9]", "", text.upper())
 
 
-def run_engine(name, samples, stock_limit):
+def run_engine(name, samples, stock_limit, model_dir):
     if name == "stock":
         import easyocr
         import easyocr_en_models
@@ -67,7 +67,7 @@ def run_engine(name, samples, stock_limit):
         def read(img):
             return alnum("".join(r[1] for r in reader.readtext(img)))
     else:
-        rec = load_recognizer(name)
+        rec = load_recognizer(name, model_dir)
 
         def read(img):
             return rec.read(img).text
@@ -105,6 +105,7 @@ def main(argv=None):
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--split", choices=("all", "val"), default="all")
     p.add_argument("--engines", default="opencv,easyocr,stock")
+    p.add_argument("--model-dir", type=Path, default=MODEL_DIR, help="folder with the model files (default models/)")
     p.add_argument("--stock-limit", type=int, default=150, help="plates for stock easyocr (slow)")
     args = p.parse_args(argv)
 
@@ -119,7 +120,7 @@ def main(argv=None):
     result = {}
     for name in args.engines.split(","):
         try:
-            out = run_engine(name, samples, args.stock_limit)
+            out = run_engine(name, samples, args.stock_limit, args.model_dir)
         except ImportError as exc:
             print(f"\n== {name}: skipped, not installed ({exc})")
             continue

@@ -258,7 +258,7 @@ def parse_args(argv=None):
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help="folder of labelled plate folders (default $GATE_SHARED/data/plates, else ../shared/data/plates)")
     p.add_argument("--out", type=Path, default=MODEL_DIR, help="where the model files go (default models/)")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--synth", type=int, default=24000, help="synthetic training plates rendered up front")
     p.add_argument("--synth-per-epoch", type=int, default=9000)
     p.add_argument("--synth-val", type=int, default=1200)

@@ -1,0 +1,108 @@
+"""The shipped plate model: manifest checks, real crops, double-row plates, engine parity."""
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import need_plates
+from models import synth
+from models.dataset import is_held_out, load_folder
+from models.recognizer import (MODEL_DIR, ModelFilesError, char_accuracy, load_recognizer, plate_color,
+                               plate_color_code)
+
+
+@pytest.fixture(scope="module")
+def opencv():
+    return load_recognizer("opencv")
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    root = need_plates()
+    samples = []
+    for folder in ("lprnet_crops_chenweijiang99", "lprnet_pytorch_test", "ccpd_subdataset_julienkolani"):
+        samples += [s for s in load_folder(root / folder) if is_held_out(folder, s.file)][:80]
+    return samples
+
+
+def copy_models(tmp_path):
+    dest = tmp_path / "models"
+    shutil.copytree(MODEL_DIR, dest, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    shutil.copy(MODEL_DIR / "easyocr" / "plate_ocr.py", dest / "easyocr" / "plate_ocr.py")
+    return dest
+
+
+def test_missing_model_file_is_named(tmp_path):
+    dest = copy_models(tmp_path)
+    (dest / "plate_ocr.onnx").unlink()
+    with pytest.raises(ModelFilesError, match=r"missing: .*plate_ocr\.onnx"):
+        load_recognizer("opencv", dest)
+
+
+def test_corrupt_model_file_is_named(tmp_path):
+    dest = copy_models(tmp_path)
+    data = bytearray((dest / "plate_ocr.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (dest / "plate_ocr.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelFilesError, match=r"corrupt or replaced: .*plate_ocr\.onnx"):
+        load_recognizer("opencv", dest)
+
+
+def test_missing_manifest_is_named(tmp_path):
+    dest = copy_models(tmp_path)
+    (dest / "manifest.json").unlink()
+    with pytest.raises(ModelFilesError, match="manifest missing"):
+        load_recognizer("opencv", dest)
+
+
+def test_unknown_engine():
+    with pytest.raises(ValueError, match="unknown recogniser engine 'tesseract'"):
+        load_recognizer("tesseract")
+
+
+def test_bad_crop_is_refused(opencv):
+    with pytest.raises(ValueError, match="plate crop"):
+        opencv.read(np.zeros((0, 0, 3), np.uint8))
+
+
+def test_reads_real_held_out_crops(opencv, held_out):
+    reads = [opencv.read(s.image) for s in held_out]
+    exact = np.mean([r.text == s.text for r, s in zip(reads, held_out)])
+    chars = np.mean([char_accuracy(r.text, s.text) for r, s in zip(reads, held_out)])
+    assert exact >= 0.93, f"exact {exact:.2%} on {len(held_out)} held-out real crops"
+    assert chars >= 0.98
+    right = [r for r, s in zip(reads, held_out) if r.text == s.text]
+    assert all(len(r.char_confidences) == len(r.text) and 0 < r.confidence <= 1 for r in right)
+
+
+def test_real_blue_crops_are_blue(held_out):
+    colours = [plate_color(s.image) for s in held_out]
+    assert colours.count("blue") / len(colours) > 0.9
+    blue = next(s.image for s, c in zip(held_out, colours) if c == "blue")
+    assert plate_color_code(blue) == 5
+
+
+def test_double_row_plates_are_read(opencv):
+    rng = np.random.default_rng(2026)
+    right = 0
+    for kind in ("large", "trailer", "coach", "police", "large"):
+        text, _ = synth.random_plate(rng, kind)
+        img, _ = synth.render_plate(text, kind, rng, rows=2)
+        read = opencv.read(img)
+        right += read.text == text and read.rows == 2
+    assert right >= 4
+
+
+def test_single_row_yellow_plate_is_not_split(opencv):
+    img, _ = synth.render_plate("豫C12345", "large", np.random.default_rng(4))
+    read = opencv.read(img)
+    assert (read.text, read.rows) == ("豫C12345", 1)
+
+
+def test_easyocr_gives_the_same_text(opencv, held_out):
+    pytest.importorskip("easyocr", reason="easyocr not installed: pip install -e .[easyocr] (CI installs it)")
+    easy = load_recognizer("easyocr")
+    sample = held_out[::4]
+    a = [opencv.read(s.image) for s in sample]
+    b = [easy.read(s.image) for s in sample]
+    assert [r.text for r in a] == [r.text for r in b]
