@@ -260,11 +260,8 @@ class _Worker:
             when_lost=lambda detail: (self.send(("fault", f"camera:{name}", "lost", detail)),
                                       self.send(("state", name, DEGRADED, f"camera lost: {detail}"))),
             when_recovered=lambda detail: (self.send(("fault", f"camera:{name}", "recovered", detail)),
-                                           self.send(("state", name, OK, ""))))
-        if reader_problem:
-            self.send(("state", name, DEGRADED, "no recogniser: " + reader_problem))
-        else:
-            self.send(("state", name, OK, ""))
+                                           self.send(self._lane_state(name, reader_problem))))
+        self.send(self._lane_state(name, reader_problem))
         try:
             while not self.stop.is_set():
                 frame = source.read()
@@ -285,6 +282,12 @@ class _Worker:
             self.send(("fault", f"vision:{name}", "failed", str(exc)))
         finally:
             source.close()
+
+    @staticmethod
+    def _lane_state(name: str, reader_problem: str) -> tuple:
+        if reader_problem:
+            return ("state", name, DEGRADED, "no recogniser: " + reader_problem)
+        return ("state", name, OK, "")
 
     def _send_event(self, event) -> None:
         from agent.plates.pipeline import plate_record

@@ -1,0 +1,93 @@
+"""The vision process: spawned apart from the core, restarted by the supervisor when it dies,
+its findings stored by the core."""
+import os
+import signal
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.supervisor import Supervisor
+from agent.vision import VisionProcess, build, lane_settings
+
+
+def _settings(camera, **extra):
+    settings = {"device_id": "21010200001210000001", "timezone": "Asia/Shanghai", "engine": "opencv",
+                "repeat_window_s": 30.0, "min_confidence": 0.5, "workers": 1, "log_level": "warning",
+                "lanes": [{"name": "in1", "camera": str(camera), "trigger": "continuous", "roi": []}]}
+    settings.update(extra)
+    return settings
+
+
+def _frames(folder, n=3):
+    folder.mkdir()
+    for i in range(n):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), np.full((120, 160, 3), 40 * i, np.uint8))
+    return folder
+
+
+def _wait(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_build_makes_nothing_without_a_camera(config_file):
+    from agent import config as configmod
+
+    class FakeGate:
+        config = configmod.load(config_file())
+        store = bus = None
+    assert build(FakeGate()) == []
+    cfg = configmod.load(config_file().parent / "config.toml")
+    assert lane_settings(cfg)["lanes"] == []
+
+
+def test_lane_settings_carry_what_the_process_needs(config_file):
+    from agent import config as configmod
+    path = config_file().read_text().replace('name = "in1"', 'name = "in1"\ncamera = "/tmp/cam"\n'
+                                             'trigger = "presence"\nroi = [0, 100, 1280, 720]')
+    (config_file().parent / "c2.toml").write_text(path)
+    settings = lane_settings(configmod.load(config_file().parent / "c2.toml"))
+    assert settings["lanes"] == [{"name": "in1", "camera": "/tmp/cam", "trigger": "presence",
+                                  "roi": [0, 100, 1280, 720]}]
+    assert settings["device_id"] == "21010200001210000001" and settings["engine"] == "opencv"
+
+
+def test_dead_vision_process_is_a_fault_and_is_restarted(tmp_path, store):
+    vision = VisionProcess(_settings(_frames(tmp_path / "cam")), store)
+    supervisor = Supervisor(store, backoff_start=0.1, backoff_max=0.2, poll_s=0.05)
+    supervisor.add(vision)
+    supervisor.start()
+    try:
+        assert _wait(lambda: vision.health()["state"] in ("ok", "degraded"))
+        first_pid = vision._proc.pid
+        os.kill(first_pid, signal.SIGKILL)
+        assert _wait(lambda: any(r.data.get("subsystem") == "vision" and r.data["condition"] == "failed"
+                                 for r in store.records("fault")))
+        assert _wait(lambda: vision._proc is not None and vision._proc.pid != first_pid
+                     and vision._proc.is_alive())
+        assert _wait(lambda: vision.health()["state"] in ("ok", "degraded"))
+    finally:
+        supervisor.stop()
+    assert vision.health()["state"] == "stopped" and not vision._proc.is_alive()
+
+
+def test_a_missing_camera_is_a_fault_record_and_degraded_not_dead(tmp_path, store):
+    vision = VisionProcess(_settings(tmp_path / "no-such-camera"), store)
+    vision.start()
+    try:
+        assert _wait(lambda: any(r.data["subsystem"] == "camera:in1" and r.data["condition"] == "lost"
+                                 for r in store.records("fault")))
+        assert _wait(lambda: vision.health()["state"] == "degraded")
+        assert "camera lost" in vision.health()["detail"]
+        _frames(tmp_path / "no-such-camera")
+        assert _wait(lambda: any(r.data["subsystem"] == "camera:in1" and r.data["condition"] == "recovered"
+                                 for r in store.records("fault")), timeout=40)
+    finally:
+        vision.stop()
+    assert not vision._proc.is_alive()
