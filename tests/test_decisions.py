@@ -378,6 +378,23 @@ def test_subsystem_decides_on_reads_from_the_store_while_lists_change(store, lis
     assert rig.gate.on_record not in store.listeners
 
 
+def test_running_decisions_pick_up_lists_changed_by_another_process(store, lists, data_key):
+    rig = Rig(store, lists)
+    rig.gate.reload_s = 0.05
+    rig.gate.start()
+    try:
+        installer = Lists(store.dir, load_list_key(data_key.parent / "list.key"))
+        installer.upsert([], {"staff_vehicles": ["粤B12345"]}, {"source": "test"})
+        installer.close()
+        for _ in range(200):
+            if not lists.index["staff_vehicles"].plate("粤B12345"):
+                break
+            threading.Event().wait(0.02)
+        assert decision(rig.plate("粤B12345")) == ("ask_guard", "unknown")
+    finally:
+        rig.gate.stop()
+
+
 def test_build_from_config_and_updates_through_the_store(config_file):
     from agent.config import load
     from agent.gate import Gate
