@@ -22,6 +22,7 @@ Rules, first that applies:
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import queue
 import threading
@@ -121,7 +122,6 @@ class Decider:
     def _id_digest(self, number: str | None) -> bytes | None:
         if not number:
             return None
-        import hmac
         try:
             return hmac.digest(self.lists.key, normalise_id(number).encode(), "sha256")
         except ValueError:
@@ -274,6 +274,7 @@ class DecisionSubsystem:
         self._stop.clear()
         self._error = None
         register(self.lists)
+        self.lists.listeners.append(self._lists_changed)
         if self.on_record not in self.store.listeners:
             self.store.listeners.append(self.on_record)
         self._thread = threading.Thread(target=self._run, name="decisions", daemon=True)
@@ -290,6 +291,11 @@ class DecisionSubsystem:
                 thread.join(timeout=10)
         self._thread = self._watcher = None
         unregister(self.lists)
+        if self._lists_changed in self.lists.listeners:
+            self.lists.listeners.remove(self._lists_changed)
+
+    def _lists_changed(self, index) -> None:
+        self.bus.publish(topics.LISTS_UPDATED, version=index.version)
 
     def health(self) -> dict:
         if self._thread is None:

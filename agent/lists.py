@@ -596,6 +596,8 @@ class Lists:
         self._migrate(self._state, self.state_path, STATE_MIGRATIONS)
         self.index: Index = self._load()
         """The current lists; read this reference once per decision."""
+        self.listeners: list = []
+        """Called with the new Index after every change (in the changing thread: be quick)."""
 
     @classmethod
     def from_config(cls, config) -> "Lists":
@@ -677,9 +679,17 @@ class Lists:
         if self.revision() == self.index.revision:
             return False
         with self._lock:
-            self.index = self._load()
+            self._swap(self._load())
         log.info("lists reloaded: version %s, %s", self.index.version, self.index.counts())
         return True
+
+    def _swap(self, index: Index) -> None:
+        self.index = index
+        for listener in list(self.listeners):
+            try:
+                listener(index)
+            except Exception:
+                log.exception("lists listener failed")
 
     def entries(self, list_name: str | None = None) -> list[Entry]:
         """Entries as stored, with their masked ID numbers (for screens; decisions use the index)."""
@@ -729,7 +739,7 @@ class Lists:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            self.index = new_index
+            self._swap(new_index)
             return new_index
 
     def replace(self, list_names: Iterable[str], entries: list[Entry], meta: dict) -> Index:
