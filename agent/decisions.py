@@ -22,6 +22,7 @@ Rules, first that applies:
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import queue
 import threading
@@ -33,7 +34,7 @@ from zoneinfo import ZoneInfo
 
 from agent import bus as topics
 from agent.identity import mask_id_number
-from agent.lists import (Entry, Index, ListError, Lists, in_schedule, normalise_badge, normalise_id,
+from agent.lists import (Entry, Index, Lists, in_schedule, normalise_badge, normalise_id,
                          parse_days, parse_hours, register, unregister)
 from agent.platecodes import normalise as normalise_plate
 
@@ -121,7 +122,6 @@ class Decider:
     def _id_digest(self, number: str | None) -> bytes | None:
         if not number:
             return None
-        import hmac
         try:
             return hmac.digest(self.lists.key, normalise_id(number).encode(), "sha256")
         except ValueError:
@@ -263,6 +263,7 @@ class DecisionSubsystem:
         self.passages: dict[str, Passage] = {}
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
         self._error: str | None = None
         self.decided = 0
@@ -273,23 +274,30 @@ class DecisionSubsystem:
         self._stop.clear()
         self._error = None
         register(self.lists)
+        self.lists.listeners.append(self._lists_changed)
         if self.on_record not in self.store.listeners:
             self.store.listeners.append(self.on_record)
         self._thread = threading.Thread(target=self._run, name="decisions", daemon=True)
         self._thread.start()
+        self._watcher = threading.Thread(target=self._watch_lists, name="lists-watch", daemon=True)
+        self._watcher.start()
 
     def stop(self) -> None:
         if self.on_record in self.store.listeners:
             self.store.listeners.remove(self.on_record)
         self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
-            self._thread = None
+        for thread in (self._thread, self._watcher):
+            if thread:
+                thread.join(timeout=10)
+        self._thread = self._watcher = None
         unregister(self.lists)
+        if self._lists_changed in self.lists.listeners:
+            self.lists.listeners.remove(self._lists_changed)
+
+    def _lists_changed(self, index) -> None:
+        self.bus.publish(topics.LISTS_UPDATED, version=index.version)
 
     def health(self) -> dict:
-        if self._error:
-            return {"state": "fault", "detail": self._error}
         if self._thread is None:
             return {"state": "stopped", "detail": ""}
         index = self.lists.index
@@ -298,6 +306,10 @@ class DecisionSubsystem:
         state = "ok" if sum(counts.values()) else "degraded"
         if state == "degraded":
             detail = "no lists loaded: every vehicle and person is unknown; " + detail
+        if self._thread is not None and not self._thread.is_alive():
+            state, detail = "fault", "the decision thread died"
+        elif self._error:
+            state, detail = "degraded", f"{self._error}; deciding on {detail}"
         return {"state": state, "detail": detail, "lists_version": index.version,
                 "decisions": self.decided, "queued": self._queue.qsize()}
 
@@ -318,25 +330,28 @@ class DecisionSubsystem:
         return False
 
     def _run(self) -> None:
-        last_check = time.monotonic()
         while not self._stop.is_set():
             try:
                 record, t0 = self._queue.get(timeout=0.2)
             except queue.Empty:
-                record = None
+                continue
             try:
-                if record is not None:
-                    self.handle(record, t0)
-                if time.monotonic() - last_check >= self.reload_s:
-                    last_check = time.monotonic()
-                    self.lists.reload_if_changed()
-            except Exception as exc:  # a bad read must not stop the decisions
+                self.handle(record, t0)
+            except Exception:  # a bad read must not stop the decisions
                 log.exception("decision on %s failed", getattr(record, "uuid", "?"))
-                if isinstance(exc, ListError):
-                    self._error = str(exc)
             finally:
-                if record is not None:
-                    self._queue.task_done()
+                self._queue.task_done()
+
+    def _watch_lists(self) -> None:
+        """Pick up lists changed by another process (`gate-agent lists import`); loading
+        a big list takes seconds, so it happens here, not in the decision thread."""
+        while not self._stop.wait(self.reload_s):
+            try:
+                self.lists.reload_if_changed()
+                self._error = None
+            except Exception as exc:
+                log.exception("reloading the lists failed")
+                self._error = f"cannot reload the lists: {exc}"
 
     # the decision
 

@@ -152,6 +152,20 @@ def test_schedule_in_the_device_time_zone(rig):
     assert decision(rig.plate("粤B88888")) == ("allow", "staff_vehicle")
 
 
+def test_schedule_follows_the_configured_time_zone(store, data_key):
+    in_utc = Lists(store.dir / "utc", load_list_key(data_key.parent / "list.key"), tz="UTC")
+    try:
+        apply_update(in_utc, {"mode": "snapshot", "version": 1, "lists": {
+            "staff_vehicles": [{"plate": "粤B88888", "days": "mon-fri", "hours": "07:00-19:00"}]}})
+        rig = Rig(store, in_utc)
+        rig.now = datetime(2026, 11, 25, 5, 0, tzinfo=ZoneInfo("UTC")).timestamp()  # 13:00 Shanghai
+        assert decision(rig.plate("粤B88888")) == ("deny", "outside_schedule")
+        rig.now = datetime(2026, 11, 25, 12, 0, tzinfo=ZoneInfo("UTC")).timestamp()  # 20:00 Shanghai
+        assert decision(rig.plate("粤B88888")) == ("allow", "staff_vehicle")
+    finally:
+        in_utc.close()
+
+
 @pytest.mark.parametrize("when, outcome", [
     ((11, 25, 21, 59), "deny"), ((11, 25, 22, 0), "allow"), ((11, 26, 5, 59), "allow"),
     ((11, 26, 6, 0), "deny"), ((11, 25, 3, 0), "deny"), ((11, 26, 23, 0), "deny"),
@@ -351,6 +365,8 @@ def test_anti_passback_off_by_default(rig):
 
 def test_subsystem_decides_on_reads_from_the_store_while_lists_change(store, lists):
     rig = Rig(store, lists)
+    versions = []
+    rig.bus.subscribe(topics.LISTS_UPDATED, lambda version: versions.append(version))
     rig.gate.start()
     try:
         assert rig.gate.health()["state"] == "ok"
@@ -366,6 +382,7 @@ def test_subsystem_decides_on_reads_from_the_store_while_lists_change(store, lis
                                      "motor_vehicle": {}}, at=rig.now)
             updater.join()
             assert rig.gate.wait_idle()
+        assert versions == list(range(2, 12))
         decisions = store.records("access_decision", limit=100)
         assert len(decisions) == 10
         for record in decisions:
@@ -376,6 +393,23 @@ def test_subsystem_decides_on_reads_from_the_store_while_lists_change(store, lis
         rig.gate.stop()
     assert rig.gate.health()["state"] == "stopped"
     assert rig.gate.on_record not in store.listeners
+
+
+def test_running_decisions_pick_up_lists_changed_by_another_process(store, lists, data_key):
+    rig = Rig(store, lists)
+    rig.gate.reload_s = 0.05
+    rig.gate.start()
+    try:
+        installer = Lists(store.dir, load_list_key(data_key.parent / "list.key"))
+        installer.upsert([], {"staff_vehicles": ["粤B12345"]}, {"source": "test"})
+        installer.close()
+        for _ in range(200):
+            if not lists.index["staff_vehicles"].plate("粤B12345"):
+                break
+            threading.Event().wait(0.02)
+        assert decision(rig.plate("粤B12345")) == ("ask_guard", "unknown")
+    finally:
+        rig.gate.stop()
 
 
 def test_build_from_config_and_updates_through_the_store(config_file):
