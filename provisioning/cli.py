@@ -565,8 +565,10 @@ def selftest(ctx, simulate, as_json, non_interactive, no_relays, only, save_fram
 @_root_option
 @click.option("--now", is_flag=True, help="Also (re)start the agent now.")
 @click.option("--dry-run", is_flag=True, help="Say what would be done, change nothing.")
+@click.option("--executable", help="The gate-agent program the service runs (default: this "
+                                   "installation's, or /opt/gate-agent/.venv/bin/gate-agent with --root).")
 @click.pass_context
-def install_service(ctx, root, now, dry_run):
+def install_service(ctx, root, now, dry_run, executable):
     """Install and enable the systemd units (gate-agent.service, the retry timer, its user).
 
     Copies the units into /etc/systemd/system (or ROOT/etc/systemd/system), the
@@ -581,7 +583,7 @@ def install_service(ctx, root, now, dry_run):
     from provisioning import service
     layout = layout_for(ctx, root)
     try:
-        steps = service.install(layout, start=now, dry_run=dry_run)
+        steps = service.install(layout, start=now, dry_run=dry_run, executable=executable)
     except service.ServiceError as exc:
         raise UserError(str(exc)) from None
     for step in steps:
