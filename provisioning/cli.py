@@ -171,6 +171,8 @@ def _lane_names(text: str) -> list[str]:
 
 def _retention(text: str) -> dict[str, int]:
     out: dict[str, int] = {}
+    if text.strip().lower() in NONE_WORDS:
+        return out
     for value in filter(None, (v.strip() for v in text.split(","))):
         kind, sep, days = value.partition("=")
         if sep and kind not in RETENTION_KINDS:

@@ -243,8 +243,11 @@ def _make_keys(config: configmod.Config, layout: Layout, replace_device_key: boo
             report.add("stale", paths.device_cert,
                        "issued for the old key: install the new certificate")
     csr = keysmod.make_csr(key, config.device.id, config.device.site, config.device.site_name)
-    keysmod.write_csr(paths.device_csr, csr)
-    report.add("wrote", paths.device_csr, f"CN={config.device.id}: send it to the platform")
+    if keysmod.same_csr(paths.device_csr, csr):
+        report.add("kept", paths.device_csr, f"CN={config.device.id}: send it to the platform")
+    else:
+        keysmod.write_csr(paths.device_csr, csr)
+        report.add("wrote", paths.device_csr, f"CN={config.device.id}: send it to the platform")
     for path in (paths.data_key, paths.list_key):
         if path.exists():
             os.chmod(path, keysmod.KEY_MODE)

@@ -136,6 +136,16 @@ def write_csr(path: Path, csr: x509.CertificateSigningRequest) -> Path:
     return write_secret(path, csr.public_bytes(serialization.Encoding.PEM), replace=True)
 
 
+def same_csr(path: Path, csr: x509.CertificateSigningRequest) -> bool:
+    """True if `path` already holds a request for the same subject and key (ECDSA signatures
+    differ each time, so a re-run keeps the file the platform may already have)."""
+    try:
+        old = x509.load_pem_x509_csr(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return old.subject == csr.subject and same_public_key(old.public_key(), csr.public_key())
+
+
 def same_public_key(a, b) -> bool:
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return a.public_bytes(*fmt) == b.public_bytes(*fmt)
