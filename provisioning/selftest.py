@@ -461,7 +461,31 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def grab_frame(source: str):
-    """One BGR frame from a camera source as the config names it; raises RuntimeError."""
+    """One BGR frame from a lane.camera source; raises RuntimeError with the reason.
+
+    Goes through the agent's own camera driver (drivers.camera.open_source) when it
+    is installed, so the selftest tries the same path the agent will use."""
+    try:
+        import drivers.camera as driver
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("drivers", "drivers.camera"):
+            raise
+        return _grab_frame_directly(source)
+    try:
+        frames = driver.open_source(source)
+        try:
+            frame = frames.read()
+        finally:
+            frames.close()
+    except driver.CameraError as exc:
+        raise RuntimeError(str(exc)) from None
+    if frame is None:
+        raise RuntimeError(f"{source} gave no frame")
+    return frame.image
+
+
+def _grab_frame_directly(source: str):
+    """The same without drivers.camera: picamera2, OpenCV, or an image file/folder."""
     import cv2
     path = Path(source)
     if source == "picamera2":
@@ -504,6 +528,7 @@ def grab_frame(source: str):
 
 def check_cameras(config, opts: Options) -> list[Result]:
     out = []
+    plates = None
     for lane in config.lanes:
         if not lane.camera:
             continue
@@ -515,7 +540,8 @@ def check_cameras(config, opts: Options) -> list[Result]:
                               "check lanes.camera, the cable or network to the camera, and its power"))
             continue
         out.append(_frame_verdict(lane, part, frame, opts))
-        out.append(_plate_read(lane, frame))
+        plates = plates or PlateCheck(config.vision.engine)
+        out.append(plates.check(lane, frame))
     return out
 
 
@@ -538,32 +564,45 @@ def _frame_verdict(lane, part: str, frame, opts: Options) -> Result:
     return Result("cameras", part, PASS, f"{width}x{height} frame, mean brightness {brightness:.0f}")
 
 
-def plate_reader():
-    """agent.vision's `read_plates(frame, roi=None) -> list of {text, confidence}`, or None."""
-    try:
-        import agent.vision as vision
-    except ModuleNotFoundError as exc:
-        if exc.name != "agent.vision":
-            raise
-        return None
-    return getattr(vision, "read_plates", None)
+class PlateCheck:
+    """A plate read on a test frame through the agent's pipeline (agent.plates: detector,
+    then recogniser), or a plain 'not built yet' where that pipeline is not installed."""
 
+    def __init__(self, engine: str):
+        self.missing = self.reader_problem = ""
+        try:
+            from agent.plates.detect import Detector
+            from agent.plates.pipeline import read_plates
+            from agent.plates.recognise import RecogniserUnavailable, load_reader
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("agent.plates"):
+                raise
+            self.missing = f"plate reading is not built yet ({exc.name} is missing)"
+            return
+        self.detector, self.read_plates = Detector(), read_plates
+        try:
+            self.reader = load_reader(engine)
+        except RecogniserUnavailable as exc:
+            self.reader, self.reader_problem = None, str(exc)
 
-def _plate_read(lane, frame) -> Result:
-    part = f"{lane.name} plate read"
-    read = plate_reader()
-    if read is None:
-        return Result("cameras", part, WARN, "plate reading is not built yet (agent.vision.read_plates "
-                      "missing): the frame was captured but no plate read was attempted",
-                      "update gate-agent when the plate pipeline is available")
-    reads = read(frame, roi=lane.roi or None)
-    if not reads:
-        return Result("cameras", part, WARN, "no plate found in this frame",
-                      "normal with an empty lane: hold a plate (or drive a car) into view and run again; "
-                      "otherwise check lanes.roi and focus")
-    best = max(reads, key=lambda r: r.get("confidence", 0))
-    return Result("cameras", part, PASS, f"read {best.get('text')} "
-                  f"(confidence {best.get('confidence', 0):.2f})")
+    def check(self, lane, frame) -> Result:
+        part = f"{lane.name} plate read"
+        if self.missing:
+            return Result("cameras", part, WARN, self.missing + ": the frame was captured but no "
+                          "plate read was attempted", "update gate-agent to a version with agent.plates")
+        results = self.read_plates(frame, self.detector, self.reader, roi=lane.roi or None)
+        if not results:
+            return Result("cameras", part, WARN, "no plate found in this frame",
+                          "normal with an empty lane: hold a plate (or drive a car) into view and run "
+                          "again; otherwise check lanes.roi and the focus")
+        if self.reader is None:
+            return Result("cameras", part, FAIL, f"{len(results)} plate(s) found, but none can be read: "
+                          f"{self.reader_problem}", "install the plate model (models/), see docs/vision.md")
+        best = max(results, key=lambda r: r.confidence)
+        status = PASS if best.valid else WARN
+        return Result("cameras", part, status, f"read {best.text or '?'} ({best.color or 'colour ?'}, "
+                      f"confidence {best.confidence:.2f}{'' if best.valid else ', not a valid plate'})",
+                      "" if best.valid else "check focus, angle and lanes.roi")
 
 
 # --- broker ------------------------------------------------------------------------
