@@ -1,6 +1,7 @@
 """`gate-agent provision ...` and `gate-agent selftest`: the installer's tools at the gate."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -22,6 +23,20 @@ def _root_option(f):
     return click.option("--root", type=click.Path(file_okay=False, path_type=Path),
                         help="Install under this folder instead of / (a staged image, or a test): "
                              "config at ROOT/etc/gate-agent/config.toml.")(f)
+
+
+def friendly_os_errors(command):
+    """A file the installer can't write or read is a one-line error, not a traceback."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except PermissionError as exc:
+            raise UserError(f"{exc.filename or exc}: permission denied; run with sudo "
+                            "(or --root DIR for a staged image)") from None
+        except OSError as exc:
+            raise UserError(f"{exc.filename or 'file'}: {exc.strerror or exc}") from None
+    return wrapper
 
 
 def layout_for(ctx: click.Context, root: Path | None) -> inst.Layout:
@@ -334,6 +349,7 @@ def _buttons(ask: Asker, opts: dict, used: set[int]) -> list[inst.AlarmButton]:
 @click.option("--replace-keys", is_flag=True,
               help="With --force: make a new device key pair (the certificate must be reissued).")
 @click.pass_context
+@friendly_os_errors
 def init(ctx, root, non_interactive, force, replace_keys, command_key, data_dir, **opts):
     """Write the config, make the data folder and the keys.
 
@@ -363,8 +379,6 @@ def init(ctx, root, non_interactive, force, replace_keys, command_key, data_dir,
                                       command_key=command_key)
     except (inst.InstallError, keysmod.KeyProblem) as exc:
         raise UserError(str(exc)) from None
-    except PermissionError as exc:
-        raise UserError(f"{exc.filename}: permission denied; run with sudo, or use --root DIR") from None
     for line in report.lines:
         click.echo(line)
     click.echo(f"\nDevice {config.device.id} at {config.device.site}: send "
@@ -391,6 +405,7 @@ def cert():
                 type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @_root_option
 @click.pass_context
+@friendly_os_errors
 def cert_install(ctx, cert_file, ca_file, root):
     """Check the certificate and install it as keys/device.pem (and the CA as keys/ca.pem).
 
@@ -484,6 +499,7 @@ def set_mqtt_files(config_path: Path, wanted: dict[str, str]) -> list[str]:
 @provision.command("csr")
 @_root_option
 @click.pass_context
+@friendly_os_errors
 def show_csr(ctx, root):
     """Print the certificate request (keys/device.csr) to send to the platform.
 
@@ -503,6 +519,7 @@ def show_csr(ctx, root):
 @click.option("--force", is_flag=True, help="Replace a different key already installed.")
 @_root_option
 @click.pass_context
+@friendly_os_errors
 def command_key(ctx, key_file, force, root):
     """Install the platform's Ed25519 public key that verifies signed commands and lists.
 
@@ -570,6 +587,7 @@ def selftest(ctx, simulate, as_json, non_interactive, no_relays, only, save_fram
 @click.option("--executable", help="The gate-agent program the service runs (default: this "
                                    "installation's, or /opt/gate-agent/.venv/bin/gate-agent with --root).")
 @click.pass_context
+@friendly_os_errors
 def install_service(ctx, root, now, dry_run, executable):
     """Install and enable the systemd units (gate-agent.service, the retry timer, its user).
 
@@ -596,6 +614,7 @@ def install_service(ctx, root, now, dry_run, executable):
 @_root_option
 @click.option("--dry-run", is_flag=True, help="Say what would be done, change nothing.")
 @click.pass_context
+@friendly_os_errors
 def uninstall_service(ctx, root, dry_run):
     """Stop, disable and remove the systemd units. Config, keys and records are kept.
 

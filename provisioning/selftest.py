@@ -192,11 +192,39 @@ def _gpio_problem(exc: Exception, pin: int) -> tuple[str, str]:
     return text, f"check that BCM pin {pin} is free and the pin factory works"
 
 
+def gpio_factory(opts: Options):
+    """The configured pin factory (GPIOZERO_PIN_FACTORY, else gpiozero's own choice: lgpio
+    on Bookworm), or a Result saying why there is none."""
+    if opts.pin_factory is not None:
+        return opts.pin_factory
+    import warnings
+    from gpiozero import Device
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Device.ensure_pin_factory()
+    except Exception as exc:
+        reason, fix = _gpio_problem(exc, 0)
+        return Result("gpio", "GPIO pin factory", FAIL, reason, fix)
+    opts.pin_factory = Device.pin_factory
+    return opts.pin_factory
+
+
+def _no_gpio(opts: Options) -> list[Result]:
+    """The pin factory's failure, said once."""
+    if opts.extra.get("gpio_reported"):
+        return []
+    opts.extra["gpio_reported"] = True
+    return [gpio_factory(opts)]
+
+
 def check_relays(config, opts: Options) -> list[Result]:
     from gpiozero import DigitalInputDevice, OutputDevice
     out = []
     if not opts.relays:
         return [Result("relays", "relays", SKIP, "--no-relays")]
+    if isinstance(gpio_factory(opts), Result):
+        return _no_gpio(opts)
     for label, spec, pulse in _outputs(config):
         part = f"{label} (BCM {spec.pin})"
         if opts.interactive and not opts.confirm(f"Pulse the {label} on BCM {spec.pin} now "
@@ -296,6 +324,8 @@ def _inputs(config) -> list[tuple[str, int, bool, bool, bool]]:
 def check_inputs(config, opts: Options) -> list[Result]:
     from gpiozero import DigitalInputDevice
     out = []
+    if isinstance(gpio_factory(opts), Result):
+        return _no_gpio(opts)
     for label, pin, pull_up, active_high, is_alarm in _inputs(config):
         part = f"{label} (BCM {pin})"
         try:

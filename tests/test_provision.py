@@ -363,3 +363,31 @@ def test_config_reads_keys_from_systemd_credentials(provisioned, tmp_path, monke
     assert cfg.mqtt.command_key_file == str(keys(provisioned) / "command.pub")
     from agent.privacy import load_key
     assert load_key(cfg.privacy.key_file) == (keys(provisioned) / "data.key").read_bytes()
+
+
+def test_unwritable_files_are_one_line_errors(provisioned, tmp_path, monkeypatch):
+    from provisioning import keys as keysmod
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(keysmod, "write_secret", refuse)
+    ca = TestCA.create()
+    cert = _write(tmp_path, "device.pem", ca.sign_csr((keys(provisioned) / "device.csr").read_bytes()))
+    result = invoke("provision", "cert", "install", cert, _write(tmp_path, "ca.pem", ca.pem),
+                    "--root", provisioned)
+    assert result.exit_code == 2
+    assert "device.pem: permission denied; run with sudo" in result.output
+    fresh = invoke("provision", "init", "--yes", "--root", tmp_path / "fresh", *FLAGS)
+    assert fresh.exit_code == 2 and "permission denied" in fresh.output
+
+
+def test_scripted_install_as_a_separate_process(tmp_path):
+    from conftest import run_cli
+    root = tmp_path / "image"
+    made = run_cli("provision", "init", "--yes", "--root", root, *FLAGS)
+    assert made.returncode == 0, made.stderr
+    checked = run_cli("--config", config_path(root), "config", "check")
+    assert checked.returncode == 0, checked.stderr
+    bad = run_cli("provision", "init", "--yes", "--root", tmp_path / "other", "--site", "s1")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("gate-agent: missing --device-id") and "Traceback" not in bad.stderr

@@ -144,6 +144,15 @@ def test_interactive_relays_ask_first(config):
     assert any("Pulse the in1 barrier relay on BCM 17" in q for q in asked)
 
 
+def test_no_gpio_is_one_fail_with_the_fix(config, monkeypatch):
+    from gpiozero import Device
+    monkeypatch.setattr(Device, "pin_factory", None)
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "no-such-factory")
+    results = st.run_all(config, only={"relays", "inputs"})
+    assert [(r.part, r.status) for r in results] == [("GPIO pin factory", st.FAIL)]
+    assert "--simulate" in results[0].fix
+
+
 def test_no_relays_flag(config):
     results = st.run_all(config, simulate=True, relays=False, only={"relays"})
     assert [r.status for r in results] == [st.SKIP]
@@ -375,3 +384,51 @@ def test_keys_check_reports_missing_command_key_and_bad_mode(config):
     os.chmod(data_key, 0o644)
     bad = by_part(st.run_all(config, only={"keys"}), "data key")
     assert bad.status == st.FAIL and "chmod 600" in bad.reason
+
+
+# --- interactive, on (mock) hardware that answers ---------------------------------------------
+
+def test_interactive_inputs_wait_for_the_installer(config):
+    factory = wired_factory({})
+    prompts = []
+
+    def say(text):
+        prompts.append(text)
+        if "in1 presence" in text:  # the installer drives onto the loop
+            threading.Timer(0.05, factory.pin(27).drive_low).start()
+    results = st.run_all(config, interactive=True, only={"inputs"}, pin_factory=factory, say=say,
+                         confirm=lambda q: True, input_wait_s=0.5)
+    assert by_part(results, "in1 presence").status == st.PASS
+    untouched = by_part(results, "in1 manual open")
+    assert untouched.status == st.FAIL and "no change in 0.5 s" in untouched.reason
+    assert any("no alarm is sent during the selftest" in p for p in prompts if "alarm button" in p)
+
+
+NO_ALARM_OUTPUTS = ("--pin", "alarm.siren=none", "--pin", "alarm.ack_lamp=none", "--pin", "alarm.drill_lamp=none")
+
+
+def test_interactive_relays_ask_whether_they_clicked(tmp_path):
+    config = provision(tmp_path / "root", "--broker", "mqtts://127.0.0.1:1", *NO_ALARM_OUTPUTS)
+    answers = {"in1 barrier relay": False}
+
+    def confirm(question):
+        if question.startswith("Did the"):
+            return not any(name in question for name in answers)
+        return True
+    results = st.run_all(config, interactive=True, only={"relays"}, pin_factory=wired_factory({}),
+                         confirm=confirm)
+    barrier = by_part(results, "in1 barrier relay")
+    assert barrier.status == st.FAIL and "active_high" in barrier.fix
+    assert by_part(results, "in1 guard lamp").status == st.PASS
+
+
+def test_barrier_confirm_input_after_the_pulse(tmp_path):
+    config = provision(tmp_path / "root", "--broker", "mqtts://127.0.0.1:1", "--pin", "in1.barrier_confirm=4",
+                       "--pin", "in1.guard_lamp=none", *NO_ALARM_OUTPUTS)
+    edit(config, "confirm_timeout_s = 3.0", "confirm_timeout_s = 0.3")
+    edit(config, "pulse_s = 0.5", "pulse_s = 0.05")
+    opened = st.run_all(config, only={"relays"}, pin_factory=wired_factory({4: 0}), confirm=lambda q: True)
+    assert by_part(opened, "barrier confirm").status == st.PASS
+    stuck = st.run_all(config, only={"relays"}, pin_factory=wired_factory({}), confirm=lambda q: True)
+    result = by_part(stuck, "barrier confirm")
+    assert result.status == st.FAIL and "no open signal within 0.3 s" in result.reason
