@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from agent import config as configmod
-from agent.cli import UserError, load_config
+from agent.cli import UserError
 from agent.identity import check_device_id
 from provisioning import install as inst
 from provisioning import keys as keysmod
@@ -105,9 +105,12 @@ def _parse_button(text: str) -> inst.AlarmButton:
         wiring = parts.pop(2)
     else:
         parts = text.split(":", 2)
-    if len(parts) != 3 or not parts[1].isdigit() or _site_problem(parts[0]) or not parts[2]:
+    if len(parts) != 3 or _site_problem(parts[0]) or not parts[2]:
         raise ValueError(f"{text!r}: expected NAME:PIN[:no|nc]:LOCATION, e.g. b1:23:gatehouse desk")
-    return inst.AlarmButton(parts[0], int(parts[1]), parts[2], wiring)
+    pin = _parse_pin(parts[1])
+    if pin is None:
+        raise ValueError(f"{text!r}: an alarm button needs a pin")
+    return inst.AlarmButton(parts[0], pin, parts[2], wiring)
 
 
 def _split_lane(value: str, lanes: list[str]) -> tuple[str, str]:
@@ -366,6 +369,7 @@ def init(ctx, root, non_interactive, force, replace_keys, command_key, data_dir,
           --camera in1=picamera2 --reader in1=idcard:/dev/ttyUSB0
     """
     layout = layout_for(ctx, root)
+    _need_write_access(layout.config)
     answers = None
     if force or not layout.config.exists():
         answers = gather(Asker(not non_interactive), opts)
@@ -385,6 +389,13 @@ def init(ctx, root, non_interactive, force, replace_keys, command_key, data_dir,
                f"{layout.keys.device_csr} to the platform, then install the certificate it returns:\n"
                f"  gate-agent provision cert install device.pem ca.pem\n"
                f"Then check the hardware with 'gate-agent selftest'.")
+
+
+def _need_write_access(path: Path) -> None:
+    """Say so before the questions, not after them."""
+    existing = next(p for p in [path.parent, *path.parents] if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"cannot write {path} as this user: run with sudo (or --root DIR)")
 
 
 # --- the certificate ----------------------------------------------------------

@@ -150,6 +150,7 @@ def test_replace_keys_needs_force(root):
     (["--reader", "card:/dev/ttyUSB0"], "expected KIND:PORT"),
     (["--camera", "/dev/video0", "--roi", "10,10,5,5"], "x2 > x1"),
     (["--alarm-button", "b1"], "expected NAME:PIN"),
+    (["--alarm-button", "b1:99:desk"], "not a BCM pin number 0-27"),
     (["--retention", "forever"], "DAYS 1-3650"),
     (["--retention", "photos=30"], "unknown kind 'photos'"),
 ])
@@ -167,6 +168,13 @@ def test_bad_flags_are_one_line_errors(root, args, message):
     assert message in result.output
     assert "Traceback" not in result.output
     assert not config_path(root).exists()
+
+
+def test_init_where_it_cannot_write_stops_before_asking(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    result = invoke("--config", tmp_path / "etc/config.toml", "provision", "init", input="")
+    assert result.exit_code == 2 and "run with sudo" in result.output
+    assert "Site code" not in result.output
 
 
 def test_missing_required_flag_says_which(root):
