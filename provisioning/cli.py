@@ -441,7 +441,7 @@ def cert_install(ctx, cert_file, ca_file, root):
         else:
             raise keysmod.KeyProblem("no CA certificate given and none installed: give the platform "
                                      "CA file as the second argument")
-        warnings = keysmod.check_device_cert(certs[0], key, cas + certs[1:], config.device.id)
+        warnings = keysmod.check_device_cert(certs[0], key, cas, config.device.id)
     except keysmod.KeyProblem as exc:
         raise UserError(f"{cert_file}: {exc}") from None
     keysmod.write_secret(paths.device_cert, keysmod.cert_pem(certs), replace=True)

@@ -185,7 +185,8 @@ def install_command_key(source: Path, dest: Path, replace: bool = False) -> str:
             return "unchanged"
         if not replace:
             raise KeyProblem(f"{dest} holds a different command key; replacing it changes who "
-                             "may command this gate: add --force if the platform rotated its key")
+                             "may command this gate: if the platform rotated its key, run "
+                             f"'gate-agent provision command-key {source} --force'")
         write_secret(dest, pem, replace=True)
         return "replaced"
     write_secret(dest, pem)

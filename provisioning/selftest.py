@@ -138,7 +138,7 @@ def _check_cert(config, keysmod) -> Result:
         key = keysmod.load_device_key(Path(mqtt.key_file or Path(mqtt.cert_file).with_name("device.key")))
         cert = keysmod.load_certs(Path(mqtt.cert_file), "device certificate")
         cas = keysmod.load_certs(Path(mqtt.ca_file), "CA certificate") if mqtt.ca_file else []
-        warnings = keysmod.check_device_cert(cert[0], key, cas + cert[1:], config.device.id)
+        warnings = keysmod.check_device_cert(cert[0], key, cas, config.device.id)
     except keysmod.KeyProblem as exc:
         return Result("keys", "device certificate", FAIL, str(exc),
                       "gate-agent provision cert install CERT CA")
