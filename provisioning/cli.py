@@ -551,7 +551,7 @@ def command_key(ctx, key_file, force, root):
 
 @click.command("selftest")
 @click.option("--simulate", is_flag=True, help="Simulated GPIO (gpiozero MockFactory): no relay moves.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (asks nothing).")
 @click.option("-y", "--yes", "--non-interactive", "non_interactive", is_flag=True,
               help="Ask nothing: relays are pulsed without asking whether they clicked.")
 @click.option("--no-relays", is_flag=True, help="Don't drive any relay, lamp or siren.")

@@ -109,6 +109,11 @@ def test_rerun_keeps_config_and_keys(root):
     assert config_path(root).read_text() == config_before
     after = {p.name: p.read_bytes() for p in keys(root).iterdir()}
     assert after == before
+    (keys(root) / "list.key").unlink()
+    repaired = invoke("provision", "init", "--yes", "--root", root)
+    assert repaired.exit_code == 0, repaired.output
+    assert "made       " + str(keys(root) / "list.key") in repaired.output
+    assert (keys(root) / "data.key").read_bytes() == before["data.key"]
 
 
 def test_force_rewrites_config_with_backup_and_keeps_keys(root):
