@@ -183,3 +183,31 @@ def test_install_and_uninstall_need_root_for_etc(tmp_path, monkeypatch):
     for command in ("install-service", "uninstall-service"):
         result = invoke("--config", tmp_path / "config.toml", "provision", command)
         assert result.exit_code == 2 and "sudo" in result.output, command
+
+
+def test_tmpfiles_sets_the_modes_of_config_keys_and_data(tmp_path):
+    need("systemd-sysusers")
+    need("systemd-tmpfiles")
+    root = tmp_path / "root"
+    (root / "etc/gate-agent/keys").mkdir(parents=True)
+    subprocess.run(["systemd-sysusers", f"--root={root}", str(UNITS / "gate-agent.sysusers")],
+                   check=True, capture_output=True, timeout=60)
+    config = root / "etc/gate-agent/config.toml"
+    key = root / "etc/gate-agent/keys/data.key"
+    for path in (config, key):
+        path.write_text("x")
+        path.chmod(0o644)
+    result = subprocess.run(["systemd-tmpfiles", f"--root={root}", "--create", str(UNITS / "gate-agent.tmpfiles")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    gid = next(int(line.split(":")[2]) for line in (root / "etc/group").read_text().splitlines()
+               if line.startswith("gate-agent:"))
+
+    def mode_and_group(path):
+        info = path.stat()
+        return oct(info.st_mode & 0o777), info.st_gid
+    assert mode_and_group(config) == ("0o640", gid)
+    assert mode_and_group(root / "etc/gate-agent") == ("0o750", gid)
+    assert mode_and_group(key) == ("0o600", 0)
+    assert mode_and_group(root / "etc/gate-agent/keys") == ("0o700", 0)
+    assert mode_and_group(root / "var/lib/gate-agent") == ("0o750", gid)
