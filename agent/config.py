@@ -406,7 +406,20 @@ def _resolve_paths(config: Config, base: Path) -> None:
             elif isinstance(sub, Value) and (sub.secret_file or name == "data_dir") \
                     and isinstance(value, str) and value and not Path(value).is_absolute():
                 setattr(section, name, str(base / value))
+            if isinstance(sub, Value) and sub.secret_file and getattr(section, name, None):
+                setattr(section, name, _from_credentials(getattr(section, name), base))
     walk(SCHEMA, config)
+
+
+def _from_credentials(path: str, base: Path) -> str:
+    """Under systemd, `LoadCredential=keys:/etc/gate-agent/keys` hands the service a copy of
+    every file of the root-only keys folder as $CREDENTIALS_DIRECTORY/keys_<name>; a key file
+    in the config's keys/ folder is read from there when that copy exists."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory or Path(path).parent != base / "keys":
+        return path
+    copy = Path(directory) / f"keys_{Path(path).name}"
+    return str(copy) if copy.is_file() else path
 
 
 def _cross_checks(config: Config, problems: list[str]) -> None:
@@ -508,8 +521,14 @@ def example() -> str:
     lines = ["# gate-agent configuration (TOML). Validate with: gate-agent config check FILE",
              "# Secrets never go here: keys and passwords live in files named by *_file keys.",
              "# Relative file paths are relative to this file's folder.", ""]
-    sample = _EXAMPLE_VALUES
-    _emit_table(SCHEMA, "", sample, lines)
+    return render(_EXAMPLE_VALUES, lines)
+
+
+def render(values: dict, header: list[str] = ()) -> str:
+    """A commented config file holding `values` (nested dicts/lists as in the TOML) and
+    every other key at its default; provisioning writes its configs with this."""
+    lines = list(header)
+    _emit_table(SCHEMA, "", values, lines)
     return "\n".join(lines) + "\n"
 
 

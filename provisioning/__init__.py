@@ -1,0 +1,1 @@
+"""Provisioning: the installer's tools (config, keys, certificate, selftest, systemd service)."""
