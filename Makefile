@@ -20,7 +20,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,easyocr]'
 	@touch $(STAMP)
 
 bench: $(STAMP)

@@ -963,6 +963,12 @@ def unregister(lists: Lists) -> None:
             del _OPEN[lists.dir.resolve()]
 
 
+def running_lists(data_dir) -> Lists | None:
+    """The running decisions' Lists for this data dir, or None while decisions is not running."""
+    with _OPEN_LOCK:
+        return _OPEN.get(Path(data_dir).resolve())
+
+
 def lists_for(store_or_lists) -> Lists:
     """The Lists of a Store's data dir: the running decisions' instance if there is one."""
     if isinstance(store_or_lists, Lists):

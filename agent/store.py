@@ -297,6 +297,11 @@ class Store:
                 "total": sum(by_kind.values()) + images,
                 "oldest_unsent_s": round(time.time() - oldest, 1) if oldest else 0.0}
 
+    def has_unsent(self, priority: int) -> bool:
+        """Whether a record of this priority (0: alarms) waits in the outbox."""
+        return self.db.execute("SELECT 1 FROM records WHERE sent_at IS NULL AND priority = ? LIMIT 1",
+                               [priority]).fetchone() is not None
+
     def last_sent(self) -> float | None:
         return self.db.execute("SELECT MAX(sent_at) FROM records").fetchone()[0]
 

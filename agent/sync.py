@@ -120,6 +120,9 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
     return "unreachable", str(exc)
 
 
+ALARM_RETRY_S = 0.8
+
+
 def backoff(attempt: int, start: float, cap: float) -> float:
     """Capped exponential backoff with jitter (half fixed, half random)."""
     base = min(cap, start * 2 ** attempt)
@@ -347,10 +350,24 @@ class SyncEngine:
         self._pause()
 
     def _pause(self) -> None:
+        """Wait before the next connection attempt: backoff, but never more than
+        ALARM_RETRY_S while an alarm waits, so an alarm reaches a returning broker in
+        under 2 s (one connection attempt a second costs the network next to nothing)."""
         delay = backoff(self._attempt, self.backoff_start, self.backoff_max)
         self._attempt += 1
         log.debug("reconnecting to %s in %.1f s", self.config.mqtt.url, delay)
-        self._stopping.wait(delay)
+        started = time.monotonic()
+        while not self._stopping.is_set():
+            waited = time.monotonic() - started
+            if waited >= delay or (waited >= ALARM_RETRY_S and self._alarm_waiting()):
+                return
+            self._stopping.wait(min(0.1, delay - waited))
+
+    def _alarm_waiting(self) -> bool:
+        try:
+            return self.store.has_unsent(ALARM)
+        except Exception:
+            return False
 
     def _lost(self, condition: str, reason: str) -> None:
         self._connected.clear()
@@ -726,7 +743,7 @@ class SyncEngine:
                                           "offered": doc["version"]})
             return
         try:
-            version = apply_update(self.store, doc)
+            version = self._apply_to_lists(apply_update, doc)
         except Exception as exc:
             log.error("sync: lists version %s refused: %s", doc["version"], exc)
             self._note_downlink("lists", {"refused": str(exc), "offered": doc["version"]})
@@ -734,6 +751,20 @@ class SyncEngine:
         if self.bus is not None:
             self.bus.publish(busmod.LISTS_UPDATED, version=version)
         self._note_downlink("lists", {"version": version, "refused": None})
+
+    def _apply_to_lists(self, apply_update, doc: dict) -> int:
+        """Into the running decisions' lists, or, while decisions is down, straight into lists.db
+        (the update is not lost waiting for a retained message to come round again)."""
+        from agent.lists import Lists, running_lists
+        from agent.privacy import load_key
+        running = running_lists(self.store.dir)
+        if running is not None:
+            return apply_update(running, doc)
+        lists = Lists(self.store.dir, load_key(self.config.decisions.list_key_file), self.config.device.timezone)
+        try:
+            return apply_update(lists, doc)
+        finally:
+            lists.close()
 
     def status(self) -> dict:
         config = self.store.state_get("remote_config", {})

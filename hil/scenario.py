@@ -53,7 +53,7 @@ STEPS: dict[str, dict[str, tuple]] = {
     "drill": {"on": (bool, True), "minutes": (float, 10.0)},
     "wait": {},
 }
-COMMON_STEP_KEYS = {"at": (float, REQUIRED), "do": (str, REQUIRED), "id": (str, ""),
+COMMON_STEP_KEYS = {"at": (float, REQUIRED), "do": (str, REQUIRED), "id": (str, ""), "say": (str, ""),
                     "wait_records": (int, 0), "wait_s": (float, 0.0)}
 IMAGE_SOURCES = ("synth", "real")
 LIST_NAMES = ("staff_vehicles", "staff", "visitors", "watchlist")  # agent/lists.py
@@ -79,6 +79,8 @@ class Step:
     id: str = ""
     wait_records: int = 0
     wait_s: float = 0.0
+    say: str = ""
+    """what the step stands for, in words (the demo narrates it)"""
     args: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
@@ -226,7 +228,7 @@ def _step(i: int, raw: Any) -> Step:
         raise ScenarioError(f"{where}.image = {args['image']!r}: expected one of "
                             f"{', '.join(map(repr, IMAGE_SOURCES))}")
     return Step(at=common["at"], do=do, id=common["id"], wait_records=common["wait_records"],
-                wait_s=common["wait_s"], args=args)
+                wait_s=common["wait_s"], say=common["say"], args=args)
 
 
 def _expect(i: int, raw: Any, step_ids: set[str]) -> Expect:

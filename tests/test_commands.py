@@ -108,7 +108,7 @@ def test_downlink_through_the_broker(setup, tmp_path):  # noqa: F811
         sub.client.publish(topics.config, sign_document(PLATFORM_KEY, {
             "version": 3, "settings": {"mqtt.health_interval_s": 30, "decisions.unknown": "deny"}}),
             qos=1, retain=True)
-        sub.client.publish(topics.lists, sign_document(PLATFORM_KEY, {"version": 5, "lists": {}}),
+        sub.client.publish(topics.lists, sign_document(PLATFORM_KEY, {"mode": "snapshot", "version": 5, "lists": {}}),
                            qos=1, retain=True)
         bus = Bus()
         opened = []
