@@ -261,6 +261,8 @@ class DecisionSubsystem:
         self.clock = clock
         self.reload_s = reload_s
         self.passages: dict[str, Passage] = {}
+        self.left: dict[str, float] = {}
+        """lane -> when its presence input last went clear (the vehicle left): ends a passage"""
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
@@ -277,6 +279,7 @@ class DecisionSubsystem:
         self.lists.listeners.append(self._lists_changed)
         if self.on_record not in self.store.listeners:
             self.store.listeners.append(self.on_record)
+        self.bus.subscribe(topics.PRESENCE, self.on_presence)
         self._thread = threading.Thread(target=self._run, name="decisions", daemon=True)
         self._thread.start()
         self._watcher = threading.Thread(target=self._watch_lists, name="lists-watch", daemon=True)
@@ -285,6 +288,7 @@ class DecisionSubsystem:
     def stop(self) -> None:
         if self.on_record in self.store.listeners:
             self.store.listeners.remove(self.on_record)
+        self.bus.unsubscribe(topics.PRESENCE, self.on_presence)
         self._stop.set()
         for thread in (self._thread, self._watcher):
             if thread:
@@ -378,9 +382,16 @@ class DecisionSubsystem:
         decision_ms = round((time.perf_counter() - t0) * 1000, 3)
         return self._act(passage, record, inputs, verdict, decision_ms, now)
 
+    def on_presence(self, lane: str, present: bool, **_) -> None:
+        if not present:
+            self.left[lane] = self.clock()
+
     def _passage(self, lane: str, kind: str, at: float) -> Passage:
+        """The lane's open passage for a read at `at`, or a new one: after the pair window,
+        after the vehicle left the lane's loop, or when the read's kind is already in it."""
         passage = self.passages.get(lane)
-        if passage is None or at - passage.started > self.settings.pair_window_s or kind in passage.reads \
+        if passage is None or at - passage.started > self.settings.pair_window_s \
+                or self.left.get(lane, 0) > passage.started or kind in passage.reads \
                 or ("card" in passage.reads and kind == "badge") or ("badge" in passage.reads and kind == "card"):
             passage = Passage(lane, at)
             self.passages[lane] = passage

@@ -33,6 +33,7 @@ DEVICE_ID = "21010200001210000001"
 SITE = "hil-site"
 
 PASS, FAIL, SKIP, ERROR = "PASS", "FAIL", "SKIPPED", "ERROR"
+SETTLE_S = 2.0
 
 # The simulated site every scenario starts from; a scenario's [config] is merged over it.
 DEFAULT_SITE = {
@@ -292,18 +293,20 @@ class AgentProcess:
             self.proc.wait()
 
     def reap_orphans(self) -> list[str]:
-        """Kill what is left of every process group the rig started; say what was left."""
+        """Kill what is left of every process group the rig started; say what was left.
+        Zombies don't count: a child that exits after the agent is reparented to PID 1,
+        which in a container often never reaps it (multiprocessing's resource tracker)."""
         left = []
         for group in self.groups:
-            try:
-                os.killpg(group, 0)
-            except (ProcessLookupError, PermissionError):
-                continue
-            left.append(f"processes of agent start #{self.groups.index(group) + 1} (group {group}) "
-                        "outlived it; killed by the rig")
+            ps = subprocess.run(["ps", "-o", "stat=,args=", "-g", str(group)], capture_output=True, text=True)
+            alive = [line.split(None, 1)[-1][:80] for line in ps.stdout.splitlines()
+                     if line.strip() and not line.lstrip().startswith("Z")]
+            if alive:
+                left.append(f"processes of agent start #{self.groups.index(group) + 1} (group {group}) "
+                            f"outlived it; killed by the rig: {'; '.join(alive)}")
             try:
                 os.killpg(group, signal.SIGKILL)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):
                 pass
         return left
 
@@ -468,6 +471,7 @@ class Rig:
         self.times: dict[str, float] = {}
         self.notes: list[str] = []
         self.vehicles = 0
+        self._stored_count, self._stored_changed = -1, 0.0
         self._timers: list[threading.Timer] = []
 
     def run(self) -> Result:
@@ -549,7 +553,7 @@ class Rig:
 
     def _import_list(self, list_name: str, text: str) -> None:
         path = self.workdir / f"{list_name}.csv"
-        path.write_text(text.strip() + "\n", encoding="utf-8")
+        path.write_text(dated(text).strip() + "\n", encoding="utf-8")
         done = self.agent.cli("lists", "import", str(path), "--list", list_name)
         if done.returncode != 0:
             raise RigError(f"'gate-agent lists import {path.name}' failed ({done.returncode}): "
@@ -884,11 +888,16 @@ class Rig:
         return None
 
     def _eval_all_synced(self, expect: Expect, now: float) -> Check | None:
+        """Decided once the agent has stored nothing new for SETTLE_S (a car's records are
+        still coming for a moment after the last step), or at the deadline."""
         deadline = self.t_end + expect.within_ms / 1000
         stored = stored_uuids(Path(self.config_path.parent / "data"))
         seen = self.collector.uuids()
         missing = {u: k for u, k in stored.items() if u not in seen}
-        if missing and now <= deadline:
+        if len(stored) != self._stored_count:
+            self._stored_count, self._stored_changed = len(stored), now
+        settled = now - max(self._stored_changed, self.t_end) >= SETTLE_S
+        if (missing or not settled) and now <= deadline:
             return None
         dupes = sum(n - 1 for n in seen.values() if n > 1)
         phantom = [u for u in seen if u not in stored]
@@ -905,6 +914,15 @@ class Rig:
         if not stored:
             return Check(expect.name, FAIL, None, "the agent stored no records at all")
         return Check(expect.name, PASS, (now - self.t_end) * 1000, detail)
+
+
+def dated(text: str) -> str:
+    """A scenario's list text with {yesterday} and {tomorrow} filled in: a visitor pass needs a
+    time window around the run, and a window of three days holds in any time zone."""
+    import datetime
+    today = datetime.date.today()
+    return (text.replace("{yesterday}", (today - datetime.timedelta(days=1)).isoformat())
+                .replace("{tomorrow}", (today + datetime.timedelta(days=1)).isoformat()))
 
 
 def stored_uuids(data_dir: Path) -> dict[str, str]:

@@ -154,6 +154,7 @@ class Recognizer:
         ways and the reading that fits the plate grammar (then the surer one) wins."""
         if rows not in (None, 1, 2):
             raise ValueError(f"rows must be None, 1 or 2, not {rows!r}")
+        to_grey(crop_bgr)   # refuses what is not an image, before anything looks at its colour
         if rows is None:
             h, w = crop_bgr.shape[:2]
             rows = 1

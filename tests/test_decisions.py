@@ -320,6 +320,17 @@ def test_reads_outside_the_window_are_separate_passages(rig):
     assert set(record.data["inputs"]) == {"badge"}
 
 
+def test_a_vehicle_leaving_the_loop_ends_its_passage(rig):
+    assert decision(rig.plate("粤B00000")) == ("ask_guard", "unknown")
+    rig.now += 3
+    rig.gate.on_presence(lane="in1", present=False)   # what the bus calls when the loop clears
+    card = rig.card(VISITOR_ID, after_s=1)
+    assert set(card.data["inputs"]) == {"card"}, "the card must not join the car that left"
+    plate = rig.plate("粤B99999", after_s=2)
+    assert decision(plate) == ("allow", "visitor_pass")
+    assert set(plate.data["inputs"]) == {"card", "plate"}
+
+
 def test_a_second_read_in_an_open_passage_does_not_reopen(rig):
     rig.plate("粤B12345")
     record = rig.badge("9999", after_s=2)
