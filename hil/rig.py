@@ -34,6 +34,7 @@ SITE = "hil-site"
 
 PASS, FAIL, SKIP, ERROR = "PASS", "FAIL", "SKIPPED", "ERROR"
 SETTLE_S = 2.0
+IN_FLIGHT_S = 1.0
 
 # The simulated site every scenario starts from; a scenario's [config] is merged over it.
 DEFAULT_SITE = {
@@ -78,7 +79,9 @@ class Result:
 # --- the site config ------------------------------------------------------------------
 
 def merge(base: dict, over: dict) -> dict:
-    out = dict(base)
+    """A new dict: `over` merged into a deep copy of `base` (the rig edits the result)."""
+    import copy
+    out = copy.deepcopy(base)
     for key, value in over.items():
         out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
@@ -888,14 +891,17 @@ class Rig:
         return None
 
     def _eval_all_synced(self, expect: Expect, now: float) -> Check | None:
-        """Decided once the agent has stored nothing new for SETTLE_S (a car's records are
-        still coming for a moment after the last step), or at the deadline."""
+        """Decided once the agent has stored nothing new but health records for SETTLE_S
+        (a car's records keep coming for a moment after the last step) and every record
+        older than IN_FLIGHT_S is at the broker; or at the deadline."""
         deadline = self.t_end + expect.within_ms / 1000
-        stored = stored_uuids(Path(self.config_path.parent / "data"))
+        stored = stored_records(Path(self.config_path.parent / "data"))
         seen = self.collector.uuids()
-        missing = {u: k for u, k in stored.items() if u not in seen}
-        if len(stored) != self._stored_count:
-            self._stored_count, self._stored_changed = len(stored), now
+        young = time.time() - IN_FLIGHT_S
+        missing = {u: kind for u, (kind, created) in stored.items() if u not in seen and created < young}
+        events = sum(1 for kind, _ in stored.values() if kind != "health")
+        if events != self._stored_count:
+            self._stored_count, self._stored_changed = events, now
         settled = now - max(self._stored_changed, self.t_end) >= SETTLE_S
         if (missing or not settled) and now <= deadline:
             return None
@@ -925,14 +931,14 @@ def dated(text: str) -> str:
                 .replace("{tomorrow}", (today + datetime.timedelta(days=1)).isoformat()))
 
 
-def stored_uuids(data_dir: Path) -> dict[str, str]:
-    """uuid -> kind of every record in the agent's SQLite store (read-only, WAL-safe)."""
+def stored_records(data_dir: Path) -> dict[str, tuple[str, float]]:
+    """uuid -> (kind, created) of every record in the agent's SQLite store (read-only, WAL-safe)."""
     path = data_dir / "gate.db"
     if not path.exists():
         return {}
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
-        return dict(con.execute("SELECT uuid, kind FROM records").fetchall())
+        return {u: (k, c) for u, k, c in con.execute("SELECT uuid, kind, created FROM records")}
     except sqlite3.OperationalError:
         return {}
     finally:

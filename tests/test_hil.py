@@ -167,6 +167,19 @@ def test_site_pins_know_their_active_levels():
         site.pin("in9.barrier")
 
 
+def test_a_scenario_cannot_change_the_site_of_the_next_one():
+    config = rigmod.merge(rigmod.DEFAULT_SITE, {"log": {"level": "debug"}})
+    config["lanes"][0]["camera"] = "/tmp/frames-of-an-earlier-scenario"
+    assert "camera" not in rigmod.DEFAULT_SITE["lanes"][0]
+
+
+def test_list_text_gets_dates_around_today():
+    import datetime
+    text = rigmod.dated("ref,valid_from,valid_to\nv1,{yesterday},{tomorrow}")
+    today = datetime.date.today()
+    assert text.endswith(f"v1,{today - datetime.timedelta(days=1)},{today + datetime.timedelta(days=1)}")
+
+
 def test_config_written_by_the_rig_is_valid_for_the_agent(tmp_path):
     from agent import config as configmod
     data = rigmod.merge(rigmod.DEFAULT_SITE, {"storage": {"data_dir": str(tmp_path)},
