@@ -200,7 +200,7 @@ RECORD_KINDS = ("alarm", "alert", "tamper", "access_decision", "barrier", "comma
 
 
 def _retention() -> Table:
-    defaults = {"health": 30, "access_decision": 180, "alarm": 180, "alert": 180}
+    defaults = {"health": 30, "access_decision": 180, "alarm": 180, "alert": 180, "image": 30}
     return Table({kind: Value(int, defaults.get(kind, 90), RETENTION_HELP, min=1, max=3650)
                   for kind in RECORD_KINDS + ("image",)},
                  help="Retention per record kind, in days. Synced records older than this are purged.")
@@ -358,6 +358,19 @@ class Config(Section):
     """The validated configuration, with the path it came from."""
 
     path: Path
+    remote_version: int | None = None
+    """the version of the platform's settings laid over the file (None: the file alone)"""
+
+    def with_remote(self, remote: dict | None) -> "Config":
+        """This config with the platform's signed settings ({"version": N, "settings":
+        {"section.key": value}}, already checked by the sync) laid over the file's values."""
+        if not remote or not remote.get("settings"):
+            return self
+        for key, value in remote["settings"].items():
+            section, name = key.split(".", 1)
+            setattr(getattr(self, section), name, value)
+        self.remote_version = remote.get("version")
+        return self
 
     @property
     def data_dir(self) -> Path:
@@ -436,6 +449,10 @@ def _cross_checks(config: Config, problems: list[str]) -> None:
                     or roi[2] <= roi[0] or roi[3] <= roi[1]):
             problems.append(f"lanes[{i}].roi = {roi!r}: expected [x1, y1, x2, y2] with x2 > x1, y2 > y1")
     for i, lane in enumerate(config.lanes):
+        if lane.camera and lane.trigger == "presence" and lane.presence.pin is None:
+            problems.append(f"lanes[{i}].trigger = 'presence': lane {lane.name!r} has no presence input "
+                            "(lanes.presence.pin), so its camera would never be asked to read; "
+                            "add the loop detector's pin or use trigger = 'motion'")
         if lane.fail_mode == "safe" and lane.barrier_mode == "pulse" and lane.barrier.pin is not None:
             problems.append(f"lanes[{i}].fail_mode = 'safe': needs barrier_mode = 'hold' (a pulsed "
                             "relay cannot hold a barrier closed; use the barrier controller's own "

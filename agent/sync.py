@@ -724,7 +724,8 @@ class SyncEngine:
             return
         self.store.state_set("remote_config", {"version": doc["version"], "settings": settings,
                                                "applied_at": time.time()})
-        log.info("sync: config version %d applied: %s", doc["version"], settings)
+        log.warning("sync: config version %d stored: %s; mqtt.health_interval_s takes effect now, "
+                    "the rest when the agent next starts", doc["version"], settings)
         self._note_downlink("config", {"version": doc["version"], "refused": None})
 
     def _apply_lists(self, payload: bytes) -> None:
@@ -771,7 +772,10 @@ class SyncEngine:
         lists = self.store.state_get("downlink.lists", {})
         depth = self.store.depth()
         return {"online": True, "time": time.time(), "agent_version": __version__,
-                "config_version": config.get("version"), "lists_version": lists.get("version"),
+                "config_version": config.get("version"),
+                "config_running": getattr(self.config, "remote_version", None),
+                "config_waits_for_restart": config.get("version") != getattr(self.config, "remote_version", None),
+                "lists_version": lists.get("version"),
                 "lists_refused": lists.get("refused"),
                 "config_refused": self.store.state_get("downlink.config", {}).get("refused"),
                 "disk_full": bool(self.store.disk_full), "disk_free_mb": self.store.disk_free_mb(),

@@ -150,3 +150,23 @@ def test_downlink_through_the_broker(setup, tmp_path):  # noqa: F811
                 assert lists["version"] == 5
         finally:
             sync.stop()
+
+
+def test_platform_settings_are_laid_over_the_file_at_start(config_file):
+    from agent import config as configmod
+    from agent.gate import Gate
+    from agent.privacy import Sealer, load_key
+    from agent.store import open_store
+    config = configmod.load(config_file())
+    store = open_store(config, Sealer(load_key(config.privacy.key_file)))
+    store.state_set("remote_config", {"version": 7, "settings": {"decisions.unknown": "deny",
+                                                                 "alarm.siren_s": 12.5}})
+    store.close()
+    gate = Gate(configmod.load(config_file()))
+    try:
+        assert gate.config.decisions.unknown == "deny"
+        assert gate.config.alarm.siren_s == 12.5
+        assert gate.config.remote_version == 7
+    finally:
+        gate.store.close()
+    assert configmod.load(config_file()).remote_version is None

@@ -57,6 +57,16 @@ def test_two_devices_on_one_pin(config_file):
         configmod.load(config_file(extra))
 
 
+def test_presence_trigger_needs_a_presence_input(config_file, tmp_path):
+    path = config_file()
+    text = path.read_text().replace('name = "in1"\n', f'name = "in1"\ncamera = "{tmp_path}"\ntrigger = "presence"\n')
+    path.write_text(text)
+    with pytest.raises(configmod.ConfigError, match=r"lanes\[0\].trigger = 'presence': lane 'in1' has no presence input"):
+        configmod.load(path)
+    path.write_text(text.replace('trigger = "presence"\n', 'trigger = "presence"\npresence = { pin = 27 }\n'))
+    assert configmod.load(path).lanes[0].presence.pin == 27
+
+
 def test_plaintext_needs_explicit_permission(config_file):
     path = config_file()
     path.write_text(path.read_text().replace("allow_plaintext = true", ""))
