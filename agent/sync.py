@@ -121,6 +121,7 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
 
 
 ALARM_RETRY_S = 0.8
+LOST_RETRY_S = 0.5
 
 
 def backoff(attempt: int, start: float, cap: float) -> float:
@@ -555,9 +556,14 @@ class SyncEngine:
             self._held.add(record.uuid)
 
     def _accepted(self, info, key: str) -> bool:
-        """Whether paho took the message (queued for a reconnect counts as taken)."""
+        """Whether paho took the message (queued for a reconnect counts as taken). One that
+        met a dying connection goes again from the outbox as soon as the link is back."""
         if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             return True
+        if info.rc == mqtt.MQTT_ERR_CONN_LOST:
+            log.warning("sync: %s met a lost connection; it goes again after the reconnect", key)
+            self._refused[key] = time.monotonic() + LOST_RETRY_S
+            return False
         log.error("sync: paho refused to publish %s: %s; it stays in the outbox", key,
                   mqtt.error_string(info.rc))
         self._refused[key] = time.monotonic() + self.refused_retry_s
