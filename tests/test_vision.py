@@ -50,7 +50,7 @@ def test_build_makes_nothing_without_a_camera(config_file):
 def test_lane_settings_carry_what_the_process_needs(config_file):
     from agent import config as configmod
     path = config_file().read_text().replace('name = "in1"', 'name = "in1"\ncamera = "/tmp/cam"\n'
-                                             'trigger = "presence"\nroi = [0, 100, 1280, 720]')
+                                             'trigger = "presence"\npresence = { pin = 27 }\nroi = [0, 100, 1280, 720]')
     (config_file().parent / "c2.toml").write_text(path)
     settings = lane_settings(configmod.load(config_file().parent / "c2.toml"))
     assert settings["lanes"] == [{"name": "in1", "camera": "/tmp/cam", "trigger": "presence",
