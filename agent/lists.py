@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import sqlite3
-import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -44,7 +43,6 @@ from agent.platecodes import normalise as normalise_plate
 log = logging.getLogger("gate.lists")
 
 LIST_NAMES = ("staff_vehicles", "staff", "visitors", "watchlist")
-KEY_BYTES = 32
 
 COMMON = ("ref", "name", "valid_from", "valid_to", "note")
 SCHEDULED = ("days", "hours", "lanes")
@@ -106,21 +104,8 @@ class UpdateRefused(ListError):
 # --- keys and hashing ------------------------------------------------------------
 
 def load_list_key(path: str | os.PathLike) -> bytes:
-    path = Path(path)
-    try:
-        key = path.read_bytes()
-    except FileNotFoundError:
-        raise ListError(f"list key {path} not found (decisions.list_key_file); create it with "
-                        "'gate-agent provision init'") from None
-    except PermissionError:
-        raise ListError(f"list key {path} is not readable by this user (decisions.list_key_file)") from None
-    if len(key) != KEY_BYTES:
-        raise ListError(f"list key {path} has {len(key)} bytes; expected {KEY_BYTES} "
-                        "(decisions.list_key_file)")
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise ListError(f"list key {path} has mode {mode:o}; it must be 0600 (chmod 600 {path})")
-    return key
+    from agent.privacy import load_key
+    return load_key(path, "list key", "decisions.list_key_file", ListError)
 
 
 def normalise_id(number: str) -> str:

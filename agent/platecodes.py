@@ -95,3 +95,14 @@ def default_color(kind: str) -> str:
 def gat1400_codes(text: str, color: str) -> dict:
     kind = classify(text, color)
     return {"plate_class": CLASS_CODES[kind], "plate_color": COLOR_CODES.get(color, 99), "kind": kind}
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: how many characters to insert, delete or change."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]

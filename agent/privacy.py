@@ -38,20 +38,24 @@ def create_key(path: str | os.PathLike, force: bool = False) -> Path:
     return path
 
 
-def load_key(path: str | os.PathLike) -> bytes:
+def load_key(path: str | os.PathLike, what: str = "data key", setting: str = "privacy.key_file",
+             error=None) -> bytes:
+    """A 32-byte secret key file, readable only by its owner; `error` is raised (KeyError_
+    by default) naming the file, the config key that points at it and the fix."""
+    error = error or KeyError_
     path = Path(path)
     try:
         key = path.read_bytes()
     except FileNotFoundError:
-        raise KeyError_(f"data key {path} not found (privacy.key_file); create it with "
-                        "'gate-agent provision init'") from None
+        raise error(f"{what} {path} not found ({setting}); create it with "
+                    "'gate-agent provision init'") from None
     except PermissionError:
-        raise KeyError_(f"data key {path} is not readable by this user (privacy.key_file)") from None
+        raise error(f"{what} {path} is not readable by this user ({setting})") from None
     if len(key) != KEY_BYTES:
-        raise KeyError_(f"data key {path} has {len(key)} bytes; expected {KEY_BYTES} (privacy.key_file)")
+        raise error(f"{what} {path} has {len(key)} bytes; expected {KEY_BYTES} ({setting})")
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise KeyError_(f"data key {path} has mode {mode:o}; it must be 0600 (chmod 600 {path})")
+        raise error(f"{what} {path} has mode {mode:o}; it must be 0600 (chmod 600 {path})")
     return key
 
 

@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.plates.detect import Detector, box_iou  # noqa: E402
+from agent.platecodes import edit_distance  # noqa: E402
 from agent.plates.pipeline import read_plates  # noqa: E402
 
 
@@ -41,14 +42,6 @@ def same(text: str) -> str:
     return text.replace("O", "0").replace("I", "1")
 
 
-def edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
 
 
 def char_accuracy(pred: str, truth: str) -> float:

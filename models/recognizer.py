@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.platecodes import ALPHABET, COLOR_CODES, is_valid, normalise
+from agent.platecodes import ALPHABET, COLOR_CODES, edit_distance, is_valid, normalise
 
 MODEL_DIR = Path(__file__).resolve().parent
 NETWORK = "plate_ocr"
@@ -221,16 +221,6 @@ def load_recognizer(engine: str = "opencv", model_dir: Path | str = MODEL_DIR) -
     if engine == "easyocr":
         return EasyOCRRecognizer(Path(model_dir))
     raise ValueError(f"unknown recogniser engine {engine!r}: use 'opencv' or 'easyocr'")
-
-
-def edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
 
 
 def char_accuracy(pred: str, truth: str) -> float:

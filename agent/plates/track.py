@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.platecodes import is_valid
+from agent.platecodes import edit_distance, is_valid
 
 
 @dataclass
@@ -137,13 +137,7 @@ def text_similarity(a: str, b: str) -> float:
     """0..1: 1 - edit distance / longer length (1 when either is unread)."""
     if not a or not b:
         return 1.0
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return 1.0 - prev[-1] / max(len(a), len(b))
+    return 1.0 - edit_distance(a, b) / max(len(a), len(b))
 
 
 class PlateTracker:
