@@ -18,16 +18,30 @@ backoff; the alarm path and the card readers never wait on vision.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import multiprocessing
 import os
 import threading
 import time
+from dataclasses import dataclass
 
 from agent import bus as topics
 from agent.supervisor import DEGRADED, FAULT, OK, STARTING, STOPPED
 
 log = logging.getLogger("gate.vision")
+
+UNSTORED_RETRY_S = 2.0
+UNSTORED_MAX = 500
+"""plate reads held in memory while the store refuses them (about 100 MB of JPEGs at most)"""
+
+
+@dataclass
+class Unstored:
+    data: dict
+    scene: bytes
+    crop: bytes
+    uuid: str | None = None
 
 
 def lane_settings(config) -> dict:
@@ -66,6 +80,7 @@ class VisionProcess:
         self._stopping = False
         self.events_stored = 0
         self.store_errors = 0
+        self._unstored: collections.deque[Unstored] = collections.deque()
 
     def start(self) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -100,6 +115,9 @@ class VisionProcess:
         conn = self._conn
         while True:
             try:
+                if not conn.poll(UNSTORED_RETRY_S):
+                    self._store_pending()
+                    continue
                 message = conn.recv()
             except (EOFError, OSError):
                 return
@@ -123,17 +141,35 @@ class VisionProcess:
             self._ready = True
 
     def _store_event(self, data: dict, scene_jpeg: bytes, crop_jpeg: bytes) -> None:
-        try:
-            record = self.store.add("plate_read", data)
-            if scene_jpeg:
-                self.store.add_image(scene_jpeg, "scene", record.uuid)
-            if crop_jpeg:
-                self.store.add_image(crop_jpeg, "plate", record.uuid)
+        if len(self._unstored) >= UNSTORED_MAX:
+            dropped = self._unstored.popleft()
+            log.error("plate read %s at lane %s lost: %d reads already wait for the store",
+                      dropped.data.get("plate_no"), dropped.data.get("lane"), UNSTORED_MAX)
+        self._unstored.append(Unstored(data, scene_jpeg, crop_jpeg))
+        self._store_pending()
+
+    def _store_pending(self) -> None:
+        """Store the waiting reads in order: a read that can't be stored (a full disk) waits
+        here and is tried again every UNSTORED_RETRY_S, its images with it, so a record never
+        names an image that will not follow."""
+        while self._unstored:
+            event = self._unstored[0]
+            try:
+                if event.uuid is None:
+                    event.uuid = self.store.add("plate_read", event.data).uuid
+                if event.scene:
+                    self.store.add_image(event.scene, "scene", event.uuid)
+                if event.crop:
+                    self.store.add_image(event.crop, "plate", event.uuid)
+            except Exception as exc:
+                self.store_errors += 1
+                if self.store_errors == 1 or self.store_errors % 100 == 0:
+                    log.error("cannot store plate read %s at lane %s: %s; %d read(s) wait and are "
+                              "tried again every %.0f s", event.data.get("plate_no"), event.data.get("lane"),
+                              exc, len(self._unstored), UNSTORED_RETRY_S)
+                return
+            self._unstored.popleft()
             self.events_stored += 1
-        except Exception as exc:
-            self.store_errors += 1
-            log.error("cannot store plate read %s at lane %s: %s", data.get("plate_no"),
-                      data.get("lane"), exc)
 
     def health(self) -> dict:
         if self._stopping or self._proc is None:

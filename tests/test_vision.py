@@ -91,3 +91,31 @@ def test_a_missing_camera_is_a_fault_record_and_degraded_not_dead(tmp_path, stor
     finally:
         vision.stop()
     assert not vision._proc.is_alive()
+
+
+def test_a_read_the_store_refuses_waits_and_is_stored_later_with_its_images(tmp_path, store):
+    from agent.store import DiskFull
+    vision = VisionProcess(_settings(tmp_path / "cam"), store)
+    real_add_image = store.add_image
+    refusing = {"on": True}
+
+    def add_image(data, role, record_uuid=None):
+        if refusing["on"]:
+            raise DiskFull("cannot write image: No space left on device")
+        return real_add_image(data, role, record_uuid)
+    store.add_image = add_image   # a disk that fills between the record and its images
+    data = {"lane": "in1", "plate_no": "辽A12345", "plate_color": 5, "plate_class": "02",
+            "pass_time": "", "motor_vehicle": {}, "confidence": 0.9}
+    vision._store_event(data, b"scene-jpeg", b"crop-jpeg")
+    assert vision.events_stored == 0 and vision.store_errors == 1
+    vision._store_event(dict(data, plate_no="辽B67890"), b"scene-2", b"")
+    assert [r.data["plate_no"] for r in store.records("plate_read")] == ["辽A12345"], \
+        "the second read waits behind the first, in order"
+    refusing["on"] = False
+    vision._store_pending()
+    reads = store.records("plate_read")
+    assert sorted(r.data["plate_no"] for r in reads) == ["辽A12345", "辽B67890"]
+    first = next(r for r in reads if r.data["plate_no"] == "辽A12345")
+    images = store.db.execute("SELECT role FROM images WHERE record_uuid = ?", [first.uuid]).fetchall()
+    assert sorted(role for (role,) in images) == ["plate", "scene"]
+    assert vision.events_stored == 2
