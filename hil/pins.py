@@ -73,6 +73,11 @@ class ControlPins:
         self._require()
         return self.client.call("bus", topic=topic, payload=payload)["handlers"]
 
+    def subsystems(self) -> dict | None:
+        """Each subsystem's health inside the agent (None: out of reach)."""
+        self._require()
+        return self.client.call("health")["subsystems"]
+
     def _require(self) -> None:
         if not self.client:
             raise PinsUnavailable("the agent is not running (killed and not restarted?)")
@@ -165,6 +170,9 @@ class WiredPins:
     def bus(self, topic: str, **payload) -> int:
         raise PinsUnavailable("the agent's bus is out of reach on real hardware: "
                               "use the agent's own CLI (gate-agent drill) on the Pi")
+
+    def subsystems(self) -> dict | None:
+        return None
 
     def attach(self, wait_s: float = 0.0) -> dict:
         return {}

@@ -581,6 +581,21 @@ class Rig:
             if time.monotonic() > deadline:
                 raise RigError(f"the agent did not say it was running in 30 s:\n{self.agent.log_tail()}")
             time.sleep(0.05)
+        self._wait_started(deadline)
+
+    def _wait_started(self, deadline: float) -> None:
+        """Until no subsystem is still starting (the vision process loads its model for a
+        while on a busy machine: a car that came before would be a test of the load)."""
+        while True:
+            subsystems = self.pins.subsystems() or {}
+            starting = [name for name, h in subsystems.items() if h.get("state") == "starting"]
+            if not starting:
+                return
+            if time.monotonic() > deadline:
+                self.notes.append(f"still starting after 30 s: {', '.join(starting)}")
+                return
+            self.agent.check_alive()
+            time.sleep(0.1)
 
     def _teardown(self, result: Result) -> None:
         for timer in self._timers:

@@ -65,6 +65,16 @@ def test_settled_vote_emits_early_and_only_once():
     assert drive(tracker, [], until=3.0) == []
 
 
+def test_an_unsure_read_of_a_car_waiting_at_the_barrier_is_emitted_after_max_wait():
+    tracker = PlateTracker("in1", settle_reads=3, max_wait_s=2.0)
+    standing = [[obs(i * 0.1, 300, "辽A7Q2K9", char_confs=(0.6,) + (0.99,) * 6)] for i in range(50)]
+    emitted = [(i, e) for i, frame in enumerate(standing) for e in tracker.update(frame, i * 0.1)]
+    assert len(emitted) == 1, "one event, while the car still stands there"
+    at, event = emitted[0]
+    assert event.reason == "waited" and event.text == "辽A7Q2K9" and event.confidence == 0.6
+    assert 2.0 <= at * 0.1 < 2.2
+
+
 def test_two_vehicles_at_once_are_two_events():
     a = moving(["京A11111"] * 5, x0=100)
     b = moving(["沪B22222"] * 5, x0=800)

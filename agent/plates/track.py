@@ -7,7 +7,10 @@ character confidence, and the colour weighted by read confidence.
 
 A track emits exactly one `PlateEvent`:
 - early, once the vote is settled (enough reads, every position agreed), so
-  the barrier decision does not wait for the vehicle to leave; or
+  the barrier decision does not wait for the vehicle to leave;
+- after `max_wait_s` of reads that never agree well enough (a car waiting at a
+  closed barrier does not leave: it must get its decision, the rules weigh
+  the low confidence); or
 - when the vehicle leaves (no observation for `gone_s`), with what it has.
 
 A plate already emitted at this lane within `repeat_window_s` is not
@@ -54,7 +57,8 @@ class PlateEvent:
     """The observation with the most confident read: its scene and crop are the evidence."""
     track_id: int
     reason: str
-    """'settled' (vote agreed early) or 'left' (vehicle gone)."""
+    """'settled' (vote agreed early), 'waited' (max_wait_s of reads without agreement)
+    or 'left' (vehicle gone)."""
 
     @property
     def valid(self) -> bool:
@@ -145,8 +149,10 @@ class PlateTracker:
 
     def __init__(self, lane: str = "", *, gone_s: float = 1.0, settle_reads: int = 3,
                  settle_agreement: float = 0.8, repeat_window_s: float = 30.0,
-                 max_centre_distance: float = 1.5, min_text_similarity: float = 0.5):
+                 max_centre_distance: float = 1.5, min_text_similarity: float = 0.5,
+                 max_wait_s: float = 2.0):
         self.lane = lane
+        self.max_wait_s = max_wait_s
         self.gone_s = gone_s
         self.settle_reads, self.settle_agreement = settle_reads, settle_agreement
         self.repeat_window_s = repeat_window_s
@@ -176,6 +182,8 @@ class PlateTracker:
                     events += self._emit(track, "left", now)
             elif not track.emitted and self._settled(track):
                 events += self._emit(track, "settled", now)
+            elif not track.emitted and self._waited_enough(track, now):
+                events += self._emit(track, "waited", now)
             elif track.emitted and track.text_now():
                 self.recent[track.text_now()] = now  # still there: keep the repeat window open
         return events
@@ -213,6 +221,10 @@ class PlateTracker:
         text, confs, reads = track.vote()
         return bool(text) and reads >= self.settle_reads and is_valid(text) and \
             min(confs) >= self.settle_agreement
+
+    def _waited_enough(self, track: Track, now: float) -> bool:
+        text, _confs, reads = track.vote()
+        return bool(text) and reads >= self.settle_reads and now - track.first_seen >= self.max_wait_s
 
     def _emit(self, track: Track, reason: str, now: float) -> list[PlateEvent]:
         track.emitted = True
