@@ -22,6 +22,7 @@ import csv
 import hashlib
 import os
 import resource
+import multiprocessing
 import sys
 import time
 from collections import defaultdict
@@ -210,7 +211,9 @@ def main() -> None:
         _init(engine, cores)
         times_all = [run_one(item)["ms"] for item in real]
         started = time.perf_counter()
-        with ProcessPoolExecutor(cores, initializer=_init, initargs=(engine, 1)) as pool:
+        # spawn, not fork: a child forked from a process whose OpenCV threads hold a lock hangs
+        with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init, initargs=(engine, 1)) as pool:
             list(pool.map(run_one, real, chunksize=8))
         fps = len(real) / (time.perf_counter() - started)
 
