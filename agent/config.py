@@ -329,6 +329,9 @@ SCHEMA = Table({
                         choices=("opencv", "easyocr")),
         "repeat_window_s": Value(float, 30.0, "same plate, same lane: suppress repeats within", min=0),
         "min_confidence": Value(float, 0.5, "reads below this are dropped", min=0, max=1),
+        "no_plate_after_s": Value(float, 3.0, "a vehicle on a lane's presence input with no plate read "
+                                  "this long (or gone without one) is recorded as a vehicle without a "
+                                  "plate (plate_no 无车牌) so the guard decides", min=0.5, max=60),
         "workers": Value(int, 0, "vision worker threads; 0: every core", min=0, max=64),
     }, help="Plate pipeline."),
     "decisions": Table({

@@ -18,6 +18,9 @@ Rules, first that applies:
   allow         any input matching a valid entry (dates, schedule, lane, unused pass).
   denied        inputs known but not valid now (expired, not_yet_valid,
                 outside_schedule, wrong_lane, pass_used): deny.
+  no_plate      a vehicle on the loop with no plate read and nothing else known:
+                ask_guard whatever decisions.unknown says (its plate may be there
+                but unreadable: a person has to look).
   unknown       decisions.unknown (ask_guard or deny).
 """
 from __future__ import annotations
@@ -84,6 +87,8 @@ class Inputs:
     confidence: float = 0.0
     id_number: str | None = None
     badge: str | None = None
+    no_plate: bool = False
+    """a vehicle without a plate read (plate_read with has_plate false)"""
 
 
 @dataclass
@@ -205,6 +210,8 @@ class Decider:
         for reason in DENIAL_ORDER:
             if reason in problems:
                 return Verdict(DENY, reason, matches)
+        if inputs.no_plate and not (inputs.plate or inputs.id_number or inputs.badge):
+            return Verdict(ASK, "no_plate", matches)
         return Verdict(self.settings.unknown, "unknown", matches)
 
 
@@ -433,7 +440,7 @@ class DecisionSubsystem:
             self.bus.publish(topics.BARRIER_OPEN, lane=lane, cause="decision", ref=decision.uuid)
         if alert is not None:
             self.bus.publish(topics.GUARD_ATTENTION, lane=lane, reason="watchlist", ref=alert.uuid)
-        elif outcome == ASK and rule == "unknown" and "ask" not in passage.asked:
+        elif outcome == ASK and rule in ("unknown", "no_plate") and "ask" not in passage.asked:
             passage.asked.add("ask")
             self.bus.publish(topics.GUARD_ATTENTION, lane=lane, reason="ask", ref=decision.uuid)
         return decision
@@ -475,8 +482,11 @@ def _inputs(reads: dict) -> Inputs:
     inputs = Inputs()
     if "plate" in reads:
         data = reads["plate"].data
-        inputs.plate = normalise_plate(str(data.get("plate_no", "")))
-        inputs.confidence = float(data.get("confidence") or 0.0)
+        if data.get("has_plate", True):
+            inputs.plate = normalise_plate(str(data.get("plate_no", "")))
+            inputs.confidence = float(data.get("confidence") or 0.0)
+        else:
+            inputs.no_plate = True
     if "card" in reads:
         inputs.id_number = reads["card"].data.get("id_number")
     if "badge" in reads:
@@ -490,6 +500,8 @@ def _describe_inputs(reads: dict, inputs: Inputs) -> dict:
     if "plate" in reads:
         out["plate"] = {"read": reads["plate"].uuid, "plate_no": inputs.plate,
                         "confidence": inputs.confidence}
+        if inputs.no_plate:
+            out["plate"]["has_plate"] = False
     if "card" in reads:
         out["card"] = {"read": reads["card"].uuid, "id_number": mask_id_number(inputs.id_number)}
     if "badge" in reads:

@@ -53,6 +53,7 @@ def lane_settings(config) -> dict:
         "engine": vision.engine,
         "repeat_window_s": vision.repeat_window_s,
         "min_confidence": vision.min_confidence,
+        "no_plate_after_s": vision.no_plate_after_s,
         "workers": vision.workers,
         "log_level": config.log.level,
         "lanes": [{"name": lane.name, "camera": lane.camera, "trigger": lane.trigger,
@@ -264,7 +265,8 @@ class _Worker:
             self.pipelines[lane["name"]] = LanePipeline(
                 lane["name"], reader=reader, roi=lane["roi"], trigger=lane["trigger"],
                 min_confidence=self.settings["min_confidence"],
-                repeat_window_s=self.settings["repeat_window_s"])
+                repeat_window_s=self.settings["repeat_window_s"],
+                no_plate_after_s=self.settings["no_plate_after_s"])
         threads = [threading.Thread(target=self.run_lane, args=(lane, reader_problem),
                                     name=f"lane-{lane['name']}", daemon=True)
                    for lane in self.settings["lanes"]]
@@ -305,6 +307,9 @@ class _Worker:
                     if source.ended:
                         self.send(("state", name, DEGRADED, "camera source ended"))
                         break
+                    if not reader_problem:
+                        for event in pipeline.tick(time.time()):
+                            self._send_event(event)
                     continue
                 if reader_problem:
                     continue
@@ -326,7 +331,7 @@ class _Worker:
         return ("state", name, OK, "")
 
     def _send_event(self, event) -> None:
-        from agent.plates.pipeline import plate_record
-        data, scene, crop = plate_record(event, device_id=self.settings["device_id"],
-                                         tz=self.settings["timezone"])
+        from agent.plates.pipeline import NoPlateEvent, no_plate_record, plate_record
+        make = no_plate_record if isinstance(event, NoPlateEvent) else plate_record
+        data, scene, crop = make(event, device_id=self.settings["device_id"], tz=self.settings["timezone"])
         self.send(("event", event.lane, data, scene, crop))

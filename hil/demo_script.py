@@ -155,6 +155,8 @@ class DemoRun:
 def describe(kind: str, data: dict) -> str:
     """One line for a record, from its public fields (the personal ones stay sealed)."""
     lane = data.get("lane", "")
+    if kind == "plate_read" and data.get("has_plate") is False:
+        return f"vehicle at {lane} with no plate read ({data.get('plate_no')}): the guard must look"
     if kind == "plate_read":
         return (f"plate {data.get('plate_no')} ({data.get('plate_color_name') or data.get('plate_color')}) "
                 f"at {lane}, confidence {data.get('confidence')}")

@@ -21,7 +21,7 @@ def table(results: list[Result], verbose: bool = False) -> str:
         lines.append(f"{r.scenario.ljust(width)}  {r.status:8}  {r.duration_s:6.1f}s  {r.reason}")
         for check in r.checks:
             mark = {PASS: "ok", FAIL: "FAIL", SKIP: "skip"}.get(check.status, check.status)
-            detail = f"  ({check.detail})" if check.detail and (verbose or check.status != PASS) else ""
+            detail = f"  ({check.detail})" if check.detail and (verbose or check.counted or check.status != PASS) else ""
             lines.append(f"{''.ljust(width)}    {mark:5} {_ms(check.measured_ms):>9}  {check.name}{detail}")
         for note in r.notes if verbose or r.status != PASS else []:
             lines.append(f"{''.ljust(width)}    note: {note}")

@@ -62,6 +62,8 @@ class Check:
     status: str
     measured_ms: float | None = None
     detail: str = ""
+    counted: bool = False
+    """the detail is a figure measured (a count), shown also when the check passes"""
 
 
 @dataclass
@@ -372,7 +374,7 @@ class Frames:
             path = self.real_image(plate)
             return path.read_bytes()
         from models.synth import render_scene
-        frame, _plates = render_scene([(plate, SYNTH_KINDS.get(color, color))], rng=rng)
+        frame, _plates = render_scene([(plate, SYNTH_KINDS.get(color, color))] if plate else [], rng=rng)
         ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
         if not ok:
             raise RigError(f"could not encode a frame for plate {plate}")
@@ -897,12 +899,18 @@ class Rig:
 
     def _eval_count(self, expect: Expect, now: float) -> Check | None:
         need = max(expect.min, int(expect.min_per_vehicle * self.vehicles + 0.999))
-        uuids = {r["uuid"] for m in self.collector.snapshot() for r in m.records if r.get("kind") == expect.count}
+        most = int(expect.max_per_vehicle * self.vehicles) if expect.max_per_vehicle else None
+        uuids = {r["uuid"] for m in self.collector.snapshot() for r in m.records
+                 if r.get("kind") == expect.count and contains(r.get("data", {}), expect.fields)}
         deadline = self.t_end + expect.within_ms / 1000
-        if len(uuids) >= need:
-            return Check(expect.name, PASS, None, f"{len(uuids)} of {need} needed")
+        bounds = f"{need}" + (f"..{most}" if most is not None else "")
+        if most is not None and len(uuids) > most:
+            return Check(expect.name, FAIL, None, f"{len(uuids)}, more than {most} ({self.vehicles} vehicles)")
+        if len(uuids) >= need and (most is None or now > deadline):
+            return Check(expect.name, PASS, None, f"{len(uuids)} of {bounds} ({self.vehicles} vehicles)",
+                         counted=True)
         if now > deadline:
-            return Check(expect.name, FAIL, None, f"{len(uuids)} of {need} needed ({self.vehicles} vehicles)")
+            return Check(expect.name, FAIL, None, f"{len(uuids)} of {bounds} needed ({self.vehicles} vehicles)")
         return None
 
     def _eval_all_synced(self, expect: Expect, now: float) -> Check | None:

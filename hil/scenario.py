@@ -65,6 +65,7 @@ EXPECT_KEYS = {
     "record": (str, None), "fields": (dict, {}), "topic": (str, ""),
     "all_synced": (bool, None),
     "count": (str, None), "min": (int, 0), "min_per_vehicle": (float, 0.0),
+    "max_per_vehicle": (float, 0.0),
 }
 
 
@@ -104,6 +105,8 @@ class Expect:
     count: str | None = None
     min: int = 0
     min_per_vehicle: float = 0.0
+    max_per_vehicle: float = 0.0
+    """0: no upper bound; 1.0 with min_per_vehicle 1.0: exactly one per vehicle"""
 
 
 @dataclass
@@ -261,7 +264,10 @@ def _describe(kind: str, v: dict) -> str:
         return f"{verb} {what} at the broker{after} within {v['within_ms']} ms"
     if kind == "count":
         need = (f"{v['min_per_vehicle']:g} per vehicle" if v["min_per_vehicle"] else f"{v['min']}")
-        return f"at least {need} {v['count']} record(s) at the broker"
+        most = f", at most {v['max_per_vehicle']:g} per vehicle" if v["max_per_vehicle"] else ""
+        fields = ", ".join(f"{k}={val}" for k, val in v["fields"].items())
+        what = v["count"] + (f" ({fields})" if fields else "")
+        return f"at least {need}{most} {what} record(s) at the broker"
     return f"every stored record reaches the broker (within {v['within_ms']} ms of the last step)"
 
 

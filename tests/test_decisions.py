@@ -446,3 +446,19 @@ lane = "in1"
         assert subsystem.health()["state"] == "ok"
     finally:
         gate.stop()
+
+
+def test_a_vehicle_without_a_plate_read_asks_the_guard_even_where_unknowns_are_denied(store, lists):
+    strict = Rig(store, lists, unknown="deny")
+    record = strict.read("plate_read", plate_no="无车牌", has_plate=False, confidence=0.0)
+    assert decision(record) == ("ask_guard", "no_plate")
+    assert record.data["inputs"]["plate"] == {"read": record.data["read"], "plate_no": None,
+                                              "confidence": 0.0, "has_plate": False}
+    assert strict.published.events == [(topics.GUARD_ATTENTION, {"lane": "in1", "reason": "ask",
+                                                                  "ref": record.uuid})]
+
+
+def test_a_staff_card_opens_for_a_vehicle_without_a_plate_read(rig):
+    rig.read("plate_read", plate_no="无车牌", has_plate=False, confidence=0.0)
+    assert decision(rig.card(STAFF_ID, after_s=2)) == ("allow", "staff")
+    assert rig.published.topics() == [topics.GUARD_ATTENTION, topics.BARRIER_OPEN]

@@ -156,6 +156,31 @@ def test_records_are_found_in_any_payload_shape():
     assert topic_matches("gate/#", "gate/s/d/status")
 
 
+def test_count_expectation_filters_by_fields_and_bounds_per_vehicle(tmp_path):
+    from types import SimpleNamespace
+    scenario = parse('[[expect]]\ncount = "plate_read"\nfields = { has_plate = true }\n'
+                     'min_per_vehicle = 0.5\nmax_per_vehicle = 1.0\nwithin_ms = 1000', tmp_path / "x.toml")
+    expect = scenario.expects[0]
+    rig = Rig(scenario)
+    rig.vehicles, rig.t_end = 4, 100.0
+
+    def arrived(*has_plate):
+        records = [{"uuid": str(i), "kind": "plate_read", "data": {"has_plate": h}} for i, h in enumerate(has_plate)]
+        rig.collector = SimpleNamespace(snapshot=lambda: [SimpleNamespace(records=records)])
+
+    arrived(True, False, False, False)
+    assert rig._eval_count(expect, 100.5) is None                      # still time
+    assert rig._eval_count(expect, 101.5).status == FAIL               # 1 read of 2 needed
+    arrived(True, True, False, True)
+    assert rig._eval_count(expect, 100.5) is None                      # more may come: a max waits
+    check = rig._eval_count(expect, 101.5)
+    assert (check.status, check.detail, check.counted) == (PASS, "3 of 2..4 (4 vehicles)", True)
+    arrived(*[True] * 5)
+    assert rig._eval_count(expect, 100.5).status == FAIL               # 5 records for 4 vehicles
+    assert "at least 0.5 per vehicle, at most 1 per vehicle plate_read (has_plate=True)" in \
+        scenario.expects[0].name
+
+
 def test_site_pins_know_their_active_levels():
     site = Site(rigmod.merge(rigmod.DEFAULT_SITE, {"alarm": {"buttons": [
         {"name": "b1", "location": "x", "pin": 23}, {"name": "b2", "location": "y", "pin": 16, "wiring": "nc"}]}}))

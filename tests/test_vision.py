@@ -14,7 +14,7 @@ from agent.vision import VisionProcess, build, lane_settings
 
 def _settings(camera, **extra):
     settings = {"device_id": "21010200001210000001", "timezone": "Asia/Shanghai", "engine": "opencv",
-                "repeat_window_s": 30.0, "min_confidence": 0.5, "workers": 1, "log_level": "warning",
+                "repeat_window_s": 30.0, "min_confidence": 0.5, "no_plate_after_s": 3.0, "workers": 1, "log_level": "warning",
                 "lanes": [{"name": "in1", "camera": str(camera), "trigger": "continuous", "roi": []}]}
     settings.update(extra)
     return settings

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import cv2
@@ -76,12 +77,45 @@ class MotionGate:
         return changed >= self.threshold
 
 
+@dataclass
+class Visit:
+    """A vehicle on the lane's presence input (loop or photo-eye), from its arrival
+    until a plate read accounts for it, or it is reported as a vehicle without one."""
+
+    arrived: float
+    left: float | None = None
+    scene: np.ndarray | None = None
+    accounted: bool = False
+
+
+@dataclass
+class NoPlateEvent:
+    """A vehicle the presence input saw and no plate was read for: none, or unreadable.
+    Its record (has_plate false, plate_no 无车牌) puts the vehicle in front of the guard."""
+
+    lane: str
+    arrived: float
+    at: float
+    scene: np.ndarray | None
+    reason: str
+    """'waited' (present no_plate_after_s without a read) or 'left' (gone without one)."""
+
+
 class LanePipeline:
-    """Frames of one lane's camera in, plate events out."""
+    """Frames of one lane's camera in, plate events out.
+
+    With a presence input, every vehicle is accounted for: a vehicle no plate read
+    claims within `no_plate_after_s` of its arrival (or by the time it left) becomes a
+    `NoPlateEvent`, so an unreadable plate is never a vehicle nobody was told of."""
+
+    CLAIM_BEFORE_S = 5.0
+    """A read this long before the vehicle reached the loop is still its read (seen on approach)."""
+    MAX_VISITS = 50
 
     def __init__(self, lane: str, *, detector: Detector | None = None, reader=None, roi=None,
                  trigger: str = "motion", min_confidence: float = 0.5,
-                 repeat_window_s: float = 30.0, gone_s: float = 1.0, presence_tail_s: float = 3.0):
+                 repeat_window_s: float = 30.0, gone_s: float = 1.0, presence_tail_s: float = 3.0,
+                 no_plate_after_s: float = 3.0):
         if trigger not in ("motion", "presence", "continuous"):
             raise ValueError(f"trigger {trigger!r}: expected motion, presence or continuous")
         self.lane = lane
@@ -95,13 +129,24 @@ class LanePipeline:
         self.presence = False
         self._presence_until = 0.0
         self.presence_tail_s = presence_tail_s
+        self.no_plate_after_s = no_plate_after_s
+        self.visits: deque[Visit] = deque()
+        self._reads: deque[float] = deque()
+        """first_seen of each plate read (emitted or a suppressed repeat) no visit has claimed."""
         self.frames = self.looked = 0
 
     def set_presence(self, present: bool, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        self.presence = present
-        if not present:
+        if present and not self.presence:
+            self.visits.append(Visit(now))
+            while len(self.visits) > self.MAX_VISITS:
+                self.visits.popleft()
+        elif not present:
             self._presence_until = now + self.presence_tail_s
+            for visit in self.visits:
+                if visit.left is None:
+                    visit.left = now
+        self.presence = present
 
     def should_look(self, image: np.ndarray, now: float) -> bool:
         if self.trigger == "continuous":
@@ -112,9 +157,12 @@ class LanePipeline:
         moved = self.motion.moved(crop)
         return moved or bool(self.tracker.tracks)
 
-    def process(self, image: np.ndarray, at: float) -> list[PlateEvent]:
+    def process(self, image: np.ndarray, at: float) -> list[PlateEvent | NoPlateEvent]:
         """One frame taken at `at` (epoch seconds); returns the events it completes."""
         self.frames += 1
+        for visit in self.visits:
+            if visit.left is None and not visit.accounted:
+                visit.scene = image
         observations = []
         if self.should_look(image, at):
             self.looked += 1
@@ -126,10 +174,53 @@ class LanePipeline:
                     box=det.box, corners=det.corners, time=at, text=result.text,
                     confidence=result.confidence, char_confidences=result.char_confidences,
                     color=result.color, scene=image, crop=det.crop))
-        return self.tracker.update(observations, at)
+        return self._account(self.tracker.update(observations, at), at)
 
-    def flush(self, at: float) -> list[PlateEvent]:
-        return self.tracker.flush(at)
+    def tick(self, now: float) -> list[PlateEvent | NoPlateEvent]:
+        """No frame came (a camera gap): tracks still end and vehicles are still accounted for."""
+        return self._account(self.tracker.update([], now), now)
+
+    def flush(self, at: float) -> list[PlateEvent | NoPlateEvent]:
+        events = self.tracker.flush(at)
+        self._note_reads(events)
+        return events + self._unread_vehicles(at, final=True)
+
+    def _account(self, events: list[PlateEvent], now: float) -> list[PlateEvent | NoPlateEvent]:
+        self._note_reads(events)
+        return events + self._unread_vehicles(now)
+
+    def _note_reads(self, events: list[PlateEvent]) -> None:
+        self._reads.extend(e.first_seen for e in events)
+        self._reads.extend(self.tracker.take_repeats())
+
+    def _unread_vehicles(self, now: float, final: bool = False) -> list[NoPlateEvent]:
+        """Visits in arrival order: each claims the first unclaimed read seen from a little
+        before it arrived until it left; one that is due with none is a vehicle without a read.
+        Nothing is decided while a track is still voting: its read may be this vehicle's."""
+        pending = any(not track.emitted for track in self.tracker.tracks)
+        events = []
+        for visit in self.visits:
+            if visit.accounted:
+                continue
+            claimed = next((r for r in self._reads if visit.arrived - self.CLAIM_BEFORE_S <= r
+                            and (visit.left is None or r <= visit.left)), None)
+            if claimed is not None:
+                self._reads.remove(claimed)
+                visit.accounted = True
+                continue
+            if pending and not final:
+                break
+            waited = now - visit.arrived >= self.no_plate_after_s
+            gone = visit.left is not None and now - visit.left >= self.tracker.gone_s
+            if waited or gone or final:
+                visit.accounted = True
+                events.append(NoPlateEvent(self.lane, visit.arrived, now, visit.scene,
+                                           "left" if visit.left is not None else "waited"))
+        while self.visits and self.visits[0].accounted and self.visits[0].left is not None:
+            self.visits.popleft()
+        while self._reads and now - self._reads[0] > 2 * self.CLAIM_BEFORE_S + self.no_plate_after_s:
+            self._reads.popleft()
+        return events
 
 
 _serial = itertools.count(1)
@@ -149,6 +240,52 @@ def encode_jpeg(image: np.ndarray, quality: int = 85) -> bytes:
     if not ok:
         raise ValueError("JPEG encoding failed")
     return data.tobytes()
+
+
+NO_PLATE = "无车牌"
+
+
+def no_plate_record(event: NoPlateEvent, *, device_id: str, tz: str = "Asia/Shanghai",
+                    serial: int | None = None) -> tuple[dict, bytes, bytes]:
+    """(plate_read record data with has_plate false, scene JPEG, no crop) for a vehicle
+    without a read; the GA/T 1400 PlateNo is 无车牌 as the standard has it."""
+    scene_jpeg = encode_jpeg(event.scene) if event.scene is not None else b""
+    scene_sha = hashlib.sha256(scene_jpeg).hexdigest() if scene_jpeg else ""
+    shot = gat1400_time(event.arrived, tz)
+    vehicle_id = motor_vehicle_id(device_id, event.arrived, tz, serial)
+    sub_images = []
+    if scene_sha:
+        sub_images.append({"ImageID": vehicle_id[:41], "Type": "14", "FileFormat": "Jpeg",
+                           "ShotTime": shot, "DeviceID": device_id, "sha256": scene_sha})
+    data = {
+        "lane": event.lane,
+        "plate_no": NO_PLATE,
+        "has_plate": False,
+        "plate_color": COLOR_CODES["other"],
+        "plate_color_name": "",
+        "plate_class": "99",
+        "plate_kind": "",
+        "valid": False,
+        "confidence": 0.0,
+        "char_confidences": [],
+        "pass_time": format_time(event.arrived, tz),
+        "scene_image": {"sha256": scene_sha, "type": 14, "shot_time": shot, "format": "jpeg"},
+        "reads": 0,
+        "reason": "no_plate_" + event.reason,
+        "motor_vehicle": {
+            "MotorVehicleID": vehicle_id,
+            "InfoKind": 1,
+            "SourceID": vehicle_id[:41],
+            "DeviceID": device_id,
+            "HasPlate": False,
+            "PlateClass": "99",
+            "PlateColor": str(COLOR_CODES["other"]),
+            "PlateNo": NO_PLATE,
+            "PassTime": gat1400_time(event.arrived, tz),
+            "SubImageList": {"SubImageInfoObject": sub_images},
+        },
+    }
+    return data, scene_jpeg, b""
 
 
 def plate_record(event: PlateEvent, *, device_id: str, tz: str = "Asia/Shanghai",

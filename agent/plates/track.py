@@ -162,6 +162,7 @@ class PlateTracker:
         self.recent: dict[str, float] = {}
         """Plate text -> time it was last emitted or seen after emitting (repeat window)."""
         self.suppressed = 0
+        self._repeats: list[float] = []
         self._ids = itertools.count(1)
 
     def update(self, observations: list[Observation], now: float) -> list[PlateEvent]:
@@ -196,6 +197,12 @@ class PlateTracker:
                 events += self._emit(track, "left", now)
         self.tracks.clear()
         return events
+
+    def take_repeats(self) -> list[float]:
+        """first_seen of each track suppressed as a repeat since the last call: a vehicle
+        whose plate was read, though no event says so again."""
+        repeats, self._repeats = self._repeats, []
+        return repeats
 
     def _match(self, observations: list[Observation]):
         pairs = []
@@ -236,6 +243,7 @@ class PlateTracker:
         self._forget(now)
         if last is not None and now - last <= self.repeat_window_s:
             self.suppressed += 1
+            self._repeats.append(track.first_seen)
             return []
         return [PlateEvent(lane=self.lane, text=text, color=track.color,
                            confidence=round(min(confs), 3), char_confidences=confs, reads=reads,
