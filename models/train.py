@@ -9,7 +9,7 @@ synthetic validation set, then writes the weights and exports them
 (models/export.py: easyocr files, ONNX, manifest).
 
 Example:
-    python -m models.train                 # the shipped model (about 25 min on 2 cores)
+    python -m models.train                 # the shipped model (about 47 min on 2 cores)
     python -m models.train --epochs 1 --synth 2000 --out /tmp/try   # a smoke run
 """
 from __future__ import annotations

@@ -24,16 +24,18 @@ TOPICS = Topics("gate", SITE, DEVICE)
 
 EXAMPLES = {
     "alarm": {"button": "b1", "location": "gatehouse desk", "drill": False, "pressed_at": "2026-11-24T10:00:00+08:00"},
-    "alert": {"reason": "tailgating", "lane": "in1", "near": "barrier"},
+    "alert": {"reason": "watchlist", "lane": "in1", "near": False, "plate_no": "京A00001"},
     "tamper": {"source": "b1", "condition": "wire cut"},
-    "access_decision": {"lane": "in1", "outcome": "allow", "rule": "staff", "inputs": ["plate"],
+    "access_decision": {"lane": "in1", "outcome": "allow", "rule": "staff",
+                        "inputs": {"card": {"read": "r1", "id_number": "2101**********1234"}},
                         "decision_ms": 3.1, "name": "张三", "id_number": "210102199001011234"},
     "barrier": {"lane": "in1", "action": "open", "cause": "decision"},
     "command": {"command": "open_barrier", "accepted": True, "reason": "ok"},
-    "plate_read": {"lane": "in1", "plate_no": "辽A12345", "plate_color": "blue", "plate_class": "02",
-                   "confidence": 0.97, "pass_time": "20261124100000", "motor_vehicle": True},
+    "plate_read": {"lane": "in1", "plate_no": "辽A12345", "plate_color": 5, "plate_class": "02",
+                   "confidence": 0.97, "pass_time": "2026-11-24T10:00:00.000+08:00",
+                   "motor_vehicle": {"PlateNo": "辽A12345", "HasPlate": True, "PlateColor": "5"}},
     "card_read": {"reader": "id1", "card_kind": "resident", "id_number": "210102199001011234", "name": "张三"},
-    "badge_read": {"reader": "b1", "format": "wiegand26", "badge": "12345"},
+    "badge_read": {"reader": "badge1", "format": "wiegand26", "badge": "12345"},
     "fault": {"subsystem": "vision", "condition": "camera lost", "detail": "no frames for 5 s"},
 }
 
