@@ -903,14 +903,14 @@ class Rig:
         uuids = {r["uuid"] for m in self.collector.snapshot() for r in m.records
                  if r.get("kind") == expect.count and contains(r.get("data", {}), expect.fields)}
         deadline = self.t_end + expect.within_ms / 1000
-        bounds = f"{need}" + (f"..{most}" if most is not None else "")
+        bounds = f"{need}" + (f"..{most}" if most is not None else "+")
+        found = f"{len(uuids)} for {self.vehicles} vehicles (needed {bounds})"
         if most is not None and len(uuids) > most:
-            return Check(expect.name, FAIL, None, f"{len(uuids)}, more than {most} ({self.vehicles} vehicles)")
+            return Check(expect.name, FAIL, None, found)
         if len(uuids) >= need and (most is None or now > deadline):
-            return Check(expect.name, PASS, None, f"{len(uuids)} of {bounds} ({self.vehicles} vehicles)",
-                         counted=True)
+            return Check(expect.name, PASS, None, found, counted=True)
         if now > deadline:
-            return Check(expect.name, FAIL, None, f"{len(uuids)} of {bounds} needed ({self.vehicles} vehicles)")
+            return Check(expect.name, FAIL, None, found)
         return None
 
     def _eval_all_synced(self, expect: Expect, now: float) -> Check | None:

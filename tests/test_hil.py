@@ -174,7 +174,7 @@ def test_count_expectation_filters_by_fields_and_bounds_per_vehicle(tmp_path):
     arrived(True, True, False, True)
     assert rig._eval_count(expect, 100.5) is None                      # more may come: a max waits
     check = rig._eval_count(expect, 101.5)
-    assert (check.status, check.detail, check.counted) == (PASS, "3 of 2..4 (4 vehicles)", True)
+    assert (check.status, check.detail, check.counted) == (PASS, "3 for 4 vehicles (needed 2..4)", True)
     arrived(*[True] * 5)
     assert rig._eval_count(expect, 100.5).status == FAIL               # 5 records for 4 vehicles
     assert "at least 0.5 per vehicle, at most 1 per vehicle plate_read (has_plate=True)" in \
