@@ -245,6 +245,14 @@ def encode_jpeg(image: np.ndarray, quality: int = 85) -> bytes:
 NO_PLATE = "无车牌"
 
 
+def _scene_sub_images(vehicle_id: str, shot: str, device_id: str, scene_sha: str) -> list[dict]:
+    """The GA/T 1400 SubImageList entries: the scene image (Type 14), when there is one."""
+    if not scene_sha:
+        return []
+    return [{"ImageID": vehicle_id[:41], "Type": "14", "FileFormat": "Jpeg",
+             "ShotTime": shot, "DeviceID": device_id, "sha256": scene_sha}]
+
+
 def no_plate_record(event: NoPlateEvent, *, device_id: str, tz: str = "Asia/Shanghai",
                     serial: int | None = None) -> tuple[dict, bytes, bytes]:
     """(plate_read record data with has_plate false, scene JPEG, no crop) for a vehicle
@@ -253,10 +261,7 @@ def no_plate_record(event: NoPlateEvent, *, device_id: str, tz: str = "Asia/Shan
     scene_sha = hashlib.sha256(scene_jpeg).hexdigest() if scene_jpeg else ""
     shot = gat1400_time(event.arrived, tz)
     vehicle_id = motor_vehicle_id(device_id, event.arrived, tz, serial)
-    sub_images = []
-    if scene_sha:
-        sub_images.append({"ImageID": vehicle_id[:41], "Type": "14", "FileFormat": "Jpeg",
-                           "ShotTime": shot, "DeviceID": device_id, "sha256": scene_sha})
+    sub_images = _scene_sub_images(vehicle_id, shot, device_id, scene_sha)
     data = {
         "lane": event.lane,
         "plate_no": NO_PLATE,
@@ -302,10 +307,7 @@ def plate_record(event: PlateEvent, *, device_id: str, tz: str = "Asia/Shanghai"
     box = {"left_top_x": int(best.box[0]), "left_top_y": int(best.box[1]),
            "right_btm_x": int(best.box[2]), "right_btm_y": int(best.box[3])}
     vehicle_id = motor_vehicle_id(device_id, best.time, tz, serial)
-    sub_images = []
-    if scene_sha:
-        sub_images.append({"ImageID": vehicle_id[:41], "Type": "14", "FileFormat": "Jpeg",
-                           "ShotTime": shot, "DeviceID": device_id, "sha256": scene_sha})
+    sub_images = _scene_sub_images(vehicle_id, shot, device_id, scene_sha)
     data = {
         "lane": event.lane,
         "plate_no": event.text,
