@@ -39,6 +39,7 @@ import numpy as np
 
 from agent.identity import mask_id_number, upgrade_id15
 from agent.platecodes import normalise as normalise_plate
+from agent.sqlite_threads import ThreadConnections
 
 log = logging.getLogger("gate.lists")
 
@@ -575,8 +576,7 @@ class Lists:
         self.key = key
         self.tz = ZoneInfo(tz)
         self._lock = threading.RLock()
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._databases = {"lists": ThreadConnections(self.path), "state": ThreadConnections(self.state_path)}
         self._migrate(self._conn, self.path, MIGRATIONS)
         self._migrate(self._state, self.state_path, STATE_MIGRATIONS)
         self.index: Index = self._load()
@@ -598,19 +598,11 @@ class Lists:
         return self._connection("state", self.state_path)
 
     def _connection(self, name: str, path: Path) -> sqlite3.Connection:
-        conn = getattr(self._local, name, None)
-        if conn is None:
-            try:
-                self.dir.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-            except (OSError, sqlite3.Error) as exc:
-                raise ListError(f"cannot open the lists database {path}: {exc}") from None
-            setattr(self._local, name, conn)
-            with self._lock:
-                self._connections.append(conn)
-        return conn
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            return self._databases[name].get()
+        except (OSError, sqlite3.Error) as exc:
+            raise ListError(f"cannot open the lists database {path}: {exc}") from None
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection, path: Path, migrations: list[str]) -> None:
@@ -622,14 +614,8 @@ class Lists:
             conn.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._connections:
-                try:
-                    conn.close()
-                except sqlite3.ProgrammingError:
-                    pass
-            self._connections.clear()
-        self._local = threading.local()
+        for database in self._databases.values():
+            database.close()
 
     # reading
 

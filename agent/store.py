@@ -29,6 +29,7 @@ import sqlite_utils
 
 from agent.privacy import Sealer
 from agent.records import KINDS, Record, format_time, new_record, split_personal
+from agent.sqlite_threads import ThreadConnections
 
 log = logging.getLogger("gate.store")
 
@@ -102,8 +103,8 @@ class Store:
         self.quota_bytes = quota_mb * 1024 * 1024
         self.reserve_bytes = reserve_mb * 1024 * 1024
         self.reserve_path = self.dir / "alarm-reserve"
+        self._connections = ThreadConnections(self.path, foreign_keys=True)
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self.listeners: list = []
         """Called with each Record once it is durably stored (in the writer's thread: be quick)."""
@@ -125,27 +126,15 @@ class Store:
         db = getattr(self._local, "db", None)
         if db is None:
             try:
-                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                       check_same_thread=False)
+                conn = self._connections.get()
             except sqlite3.OperationalError as exc:
                 raise StoreError(f"cannot open database {self.path}: {exc}") from None
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
             db = sqlite_utils.Database(conn)
             self._local.db = db
-            with self._lock:
-                self._connections.append(conn)
         return db
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._connections:
-                try:
-                    conn.close()
-                except sqlite3.ProgrammingError:
-                    pass
-            self._connections.clear()
+        self._connections.close()
         self._local = threading.local()
 
     def _migrate(self) -> None:
