@@ -66,3 +66,12 @@ def need_plates():
     if not PLATES.is_dir():
         pytest.skip(f"real plate images not found at {PLATES} (../shared/data/plates)")
     return PLATES
+
+
+@pytest.fixture
+def factory():
+    """gpiozero's MockFactory (tests/gpio_rig.py), released after the test."""
+    from gpio_rig import mock_factory, release
+    f = mock_factory()
+    yield f
+    release(f)

@@ -35,13 +35,6 @@ NO_PIN, NC_PIN, SIREN, ACK, DRILL_LAMP = 23, 16, 24, 25, 6
 
 
 @pytest.fixture
-def factory():
-    f = mock_factory()
-    yield f
-    release(f)
-
-
-@pytest.fixture
 def gate(config_file, factory):
     g = make_gate(config_file(ALARM), factory)
     g.start()

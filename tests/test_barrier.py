@@ -35,13 +35,6 @@ hold_s = 1
 
 
 @pytest.fixture
-def factory():
-    f = mock_factory()
-    yield f
-    release(f)
-
-
-@pytest.fixture
 def make(config_file, factory):
     """A gate with these lanes instead of the conftest's bare 'in1'."""
     base = MINIMAL.replace('[[lanes]]\nname = "in1"\n', "")

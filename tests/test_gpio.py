@@ -7,7 +7,7 @@ from agent import bus as topics
 from agent.config import ConfigError, load
 from conftest import MINIMAL
 from drivers.gpio import GpioPins, build
-from gpio_rig import make_gate, mock_factory, release, subsystem, wait_for
+from gpio_rig import make_gate, subsystem, wait_for
 
 PINS = """
 [alarm]
@@ -29,13 +29,6 @@ guard_lamp = { pin = 5 }
 """
 OUTPUTS = (17, 5, 24, 25, 6)
 BASE = MINIMAL.replace('[[lanes]]\nname = "in1"\n', "")
-
-
-@pytest.fixture
-def factory():
-    f = mock_factory()
-    yield f
-    release(f)
 
 
 def energised(factory, pins=OUTPUTS) -> dict:
