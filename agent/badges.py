@@ -70,15 +70,23 @@ def parse_rdm6300(body: bytes) -> Badge:
                  raw=text[:10].upper())
 
 
-class Rdm6300Parser:
-    """Finds 02 ... 03 frames in a byte stream; bad ones are counted and skipped."""
-
-    FRAME_BODY = 12
+class StreamParser:
+    """Bytes in, badges out; what can't be parsed is counted, the last reason kept."""
 
     def __init__(self):
         self._buffer = bytearray()
         self.rejected = 0
         self.last_rejection = ""
+
+    def _reject(self, why: str) -> None:
+        self.rejected += 1
+        self.last_rejection = why
+
+
+class Rdm6300Parser(StreamParser):
+    """Finds 02 ... 03 frames in a byte stream; bad ones are counted and skipped."""
+
+    FRAME_BODY = 12
 
     def feed(self, data: bytes) -> list[Badge]:
         self._buffer += data
@@ -103,11 +111,6 @@ class Rdm6300Parser:
                 del buf[:1]
                 continue
             del buf[:self.FRAME_BODY + 2]
-
-    def _reject(self, why: str) -> None:
-        self.rejected += 1
-        self.last_rejection = why
-
 
 # --- Wiegand ------------------------------------------------------------------
 
@@ -166,15 +169,13 @@ def parse_digits(line: str) -> Badge:
     return Badge("digits", line, raw=line)
 
 
-class LineParser:
+class LineParser(StreamParser):
     """Splits a byte stream into lines (CR, LF or both) and parses each with `parse`.
     A line longer than MAX_LINE is noise: it is dropped and counted."""
 
     def __init__(self, parse):
+        super().__init__()
         self.parse = parse
-        self._buffer = bytearray()
-        self.rejected = 0
-        self.last_rejection = ""
 
     def feed(self, data: bytes) -> list[Badge]:
         self._buffer += data
@@ -195,10 +196,6 @@ class LineParser:
                 badges.append(self.parse(line.decode("ascii")))
             except (UnicodeDecodeError, BadgeError) as exc:
                 self._reject(str(exc) if isinstance(exc, BadgeError) else f"non-ASCII line {line!r}")
-
-    def _reject(self, why: str) -> None:
-        self.rejected += 1
-        self.last_rejection = why
 
 
 def parser_for(kind: str):
