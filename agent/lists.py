@@ -577,6 +577,10 @@ class Lists:
         self.tz = ZoneInfo(tz)
         self._lock = threading.RLock()
         self._databases = {"lists": ThreadConnections(self.path), "state": ThreadConnections(self.state_path)}
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ListError(f"cannot create the lists folder {self.dir}: {exc.strerror}") from None
         self._migrate(self._conn, self.path, MIGRATIONS)
         self._migrate(self._state, self.state_path, STATE_MIGRATIONS)
         self.index: Index = self._load()
@@ -599,7 +603,6 @@ class Lists:
 
     def _connection(self, name: str, path: Path) -> sqlite3.Connection:
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
             return self._databases[name].get()
         except (OSError, sqlite3.Error) as exc:
             raise ListError(f"cannot open the lists database {path}: {exc}") from None
