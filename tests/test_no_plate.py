@@ -16,7 +16,9 @@ EMPTY_FRAME = np.full((72, 128, 3), 90, np.uint8)
 class OnePlateDetector:
     """The detector's interface: finds 'the plate' in PLATE_FRAME and nothing elsewhere."""
 
-    def detect(self, image, roi=None):
+    max_plates = 3
+
+    def detect(self, image, roi=None, keep=None):
         if image is not PLATE_FRAME:
             return []
         corners = np.float32([[40, 40], [88, 40], [88, 56], [40, 56]])

@@ -70,8 +70,12 @@ class Detector:
         self.colors = colors
         self.strokes = strokes
 
-    def detect(self, frame: np.ndarray, roi: list[int] | tuple | None = None) -> list[Detection]:
-        """Every plate in `frame` (BGR), best first; `roi` [x1, y1, x2, y2] limits the search."""
+    def detect(self, frame: np.ndarray, roi: list[int] | tuple | None = None,
+               keep: int | None = None) -> list[Detection]:
+        """Every plate in `frame` (BGR), best first; `roi` [x1, y1, x2, y2] limits the search.
+
+        At most `keep` (default `max_plates`) are returned: a caller that can check
+        candidates further (by reading them) asks for a few more."""
         if frame is None or frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError("detect() expects a BGR colour image (H x W x 3)")
         ox, oy = 0, 0
@@ -92,7 +96,7 @@ class Detector:
             candidate = self._verify(frame, quad.astype(np.float32), hint)
             if candidate is not None:
                 candidates.append(candidate)
-        return _suppress(candidates, self.max_plates)
+        return _suppress(candidates, keep or self.max_plates)
 
     # --- proposals --------------------------------------------------------------------
 

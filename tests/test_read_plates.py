@@ -1,0 +1,74 @@
+"""read_plates: the recogniser as the last check of the detector's candidates."""
+import cv2
+import numpy as np
+import pytest
+
+from agent.plates.detect import Detection
+from agent.plates.pipeline import GARBAGE_CONFIDENCE, read_plates
+from agent.plates.recognise import load_reader
+from models import synth
+
+
+class RankedDetector:
+    """The detector's interface, returning fixed candidate crops in its score order."""
+
+    max_plates = 3
+
+    def __init__(self, crops):
+        self.crops = crops
+        self.asked_for = None
+
+    def detect(self, image, roi=None, keep=None):
+        self.asked_for = keep
+        out = []
+        for i, crop in enumerate(self.crops[:keep or self.max_plates]):
+            x = 10 + 150 * i
+            corners = np.float32([[x, 10], [x + 136, 10], [x + 136, 46], [x, 46]])
+            out.append(Detection(box=(x, 10, x + 136, 46), corners=corners, score=0.9 - 0.1 * i, crop=crop))
+        return out
+
+
+def plate_crop(text, kind="small"):
+    img, _ = synth.render_plate(text, kind, np.random.default_rng(5), rows=1, degrade=False)
+    return img
+
+
+def sign_crop(seed):
+    """Something plate-shaped that is not a plate: a blotchy painted surface."""
+    rng = np.random.default_rng(seed)
+    blotches = cv2.resize(rng.integers(0, 255, (4, 12, 3), dtype=np.uint8), (136, 36), interpolation=cv2.INTER_CUBIC)
+    return blotches
+
+
+@pytest.fixture(scope="module")
+def reader():
+    return load_reader("opencv")
+
+
+def test_a_plate_ranked_below_three_signs_is_still_read(reader):
+    detector = RankedDetector([sign_crop(1), sign_crop(2), sign_crop(3), plate_crop("苏E12345")])
+    results = read_plates(np.zeros((60, 700, 3), np.uint8), detector, reader)
+    assert detector.asked_for > detector.max_plates
+    assert [r.text for r in results][0] == "苏E12345"
+    assert results[0].valid
+
+
+def test_unsure_reads_that_fit_no_plate_are_dropped(reader):
+    detector = RankedDetector([sign_crop(4), plate_crop("京A8U123"), sign_crop(5)])
+    results = read_plates(np.zeros((60, 500, 3), np.uint8), detector, reader)
+    assert [r.text for r in results] == ["京A8U123"]
+    dropped = [reader.read(sign_crop(s)) for s in (4, 5)]
+    assert all(not d.valid and d.confidence < GARBAGE_CONFIDENCE for d in dropped)
+
+
+def test_never_more_than_max_plates(reader):
+    texts = ["苏E12345", "京A8U123", "沪B5C678", "浙A12345", "粤B9F888"]
+    detector = RankedDetector([plate_crop(t) for t in texts])
+    results = read_plates(np.zeros((60, 800, 3), np.uint8), detector, reader)
+    assert [r.text for r in results] == texts[:3]
+
+
+def test_without_a_reader_the_detector_decides_alone():
+    detector = RankedDetector([sign_crop(1), sign_crop(2), sign_crop(3), plate_crop("苏E12345")])
+    results = read_plates(np.zeros((60, 700, 3), np.uint8), detector)
+    assert len(results) == 3 and all(r.text == "" for r in results)
