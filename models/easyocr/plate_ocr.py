@@ -4,7 +4,7 @@ easyocr imports this file as a custom recognition network
 (`recog_network="plate_ocr"`) and calls Model(input_channel, output_channel,
 hidden_size, num_class); models/train.py trains the very same class and
 models/export.py writes it to ONNX for OpenCV's dnn module. Input: grey crops,
-1 x 32 x 96, scaled to [-1, 1]; output (batch, 24 steps, num_class), class 0
+1 x 32 x 128, scaled to [-1, 1]; output (batch, 32 steps, num_class), class 0
 is the CTC blank.
 """
 import torch
@@ -21,12 +21,12 @@ class Model(nn.Module):
         super().__init__()
         c = output_channel
         self.features = nn.Sequential(
-            _conv(input_channel, c // 8), nn.MaxPool2d(2),             # 16 x 48
-            _conv(c // 8, c // 4), nn.MaxPool2d(2),                    # 8 x 24
+            _conv(input_channel, c // 8), nn.MaxPool2d(2),             # 16 x 64
+            _conv(c // 8, c // 4), nn.MaxPool2d(2),                    # 8 x 32
             _conv(c // 4, c // 2), _conv(c // 2, c // 2),
-            nn.MaxPool2d((2, 1)),                                      # 4 x 24
+            nn.MaxPool2d((2, 1)),                                      # 4 x 32
             _conv(c // 2, c),
-            _conv(c, c, kernel=(4, 1), padding=0),                     # 1 x 24
+            _conv(c, c, kernel=(4, 1), padding=0),                     # 1 x 32
             _conv(c, c, kernel=(1, 3), padding=(0, 1)),
         )
         self.dropout = nn.Dropout(0.1)
