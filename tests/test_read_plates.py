@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from agent.plates.detect import Detection
-from agent.plates.pipeline import GARBAGE_CONFIDENCE, read_plates
+from agent.plates.pipeline import is_partial_plate, read_plates
+from agent.plates.recognise import Reading
 from agent.plates.recognise import load_reader
 from models import synth
 
@@ -58,7 +59,35 @@ def test_unsure_reads_that_fit_no_plate_are_dropped(reader):
     results = read_plates(np.zeros((60, 500, 3), np.uint8), detector, reader)
     assert [r.text for r in results] == ["京A8U123"]
     dropped = [reader.read(sign_crop(s)) for s in (4, 5)]
-    assert all(not d.valid and d.confidence < GARBAGE_CONFIDENCE for d in dropped)
+    assert not any(d.valid or is_partial_plate(d) for d in dropped)
+
+
+def reading(text, confidence, valid=False):
+    return Reading(text, text, confidence, (confidence,) * len(text), "blue", valid)
+
+
+def test_a_partial_plate_is_five_characters_read_with_some_confidence():
+    assert is_partial_plate(reading("A12345", 0.3))
+    assert is_partial_plate(reading("皖A123", 0.2))
+    assert not is_partial_plate(reading("皖A12", 0.99))      # two characters and a sign's worth
+    assert not is_partial_plate(reading("皖A1234", 0.05))
+
+
+class ScriptedReader:
+    """Reads each candidate crop as scripted by its first pixel."""
+
+    def __init__(self, readings):
+        self.readings = readings
+
+    def read(self, crop):
+        return self.readings[int(crop[0, 0, 0])]
+
+
+def test_partial_reads_are_kept_behind_whole_plates():
+    crops = [np.full((36, 136, 3), i, np.uint8) for i in range(4)]
+    script = [reading("皖95", 0.9), reading("A12345", 0.6), reading("沪B5C678", 0.9, valid=True), reading("", 0.0)]
+    results = read_plates(np.zeros((60, 700, 3), np.uint8), RankedDetector(crops), ScriptedReader(script))
+    assert [r.text for r in results] == ["沪B5C678", "A12345"]
 
 
 def test_never_more_than_max_plates(reader):

@@ -40,8 +40,10 @@ class PlateResult:
                 "confidence": round(self.confidence, 3)}
 
 
-# A read that fits no plate grammar and is this unsure is a sign, a grille or a bumper sticker.
-GARBAGE_CONFIDENCE = 0.2
+# A read that fits no plate grammar is kept as a partial plate only with at least this many
+# characters read at least this surely; below that it is a sign, a grille or a bumper sticker.
+PARTIAL_MIN_CHARS = 5
+PARTIAL_MIN_CONFIDENCE = 0.2
 # Candidates read beyond the detector's max_plates: a real plate ranked below signs gets its chance.
 SPARE_CANDIDATES = 2
 
@@ -52,21 +54,27 @@ def read_plates(image: np.ndarray, detector: Detector, reader=None, roi=None) ->
     With a reader, the read is the last check of a candidate: the detector is
     asked for SPARE_CANDIDATES more than its max_plates, candidates whose read
     fits the plate grammar go first (detector order otherwise), and those that
-    neither fit it nor reach GARBAGE_CONFIDENCE are dropped. On the shared
-    scenes this locates plates that three confident signs used to push out and
-    returns about half as many false boxes (bench/plates.py)."""
+    don't are kept only as a partial plate (PARTIAL_MIN_CHARS characters,
+    PARTIAL_MIN_CONFIDENCE). On the shared scenes this locates plates that three
+    confident signs used to push out and returns a fifth as many false boxes
+    (bench/plates.py)."""
     if reader is None:
         return [PlateResult(det, color=estimate_color(det.crop)) for det in detector.detect(image, roi)]
     results = []
     for det in detector.detect(image, roi, keep=detector.max_plates + SPARE_CANDIDATES):
         reading = reader.read(det.crop)
-        if not reading.valid and reading.confidence < GARBAGE_CONFIDENCE:
+        if not (reading.valid or is_partial_plate(reading)):
             continue
         results.append(PlateResult(det, text=reading.text, confidence=reading.confidence,
                                    char_confidences=reading.char_confidences,
                                    color=reading.color or estimate_color(det.crop), valid=reading.valid))
     results.sort(key=lambda r: not r.valid)
     return results[:detector.max_plates]
+
+
+def is_partial_plate(reading) -> bool:
+    """A read that fits no plate grammar but is enough of one to track and vote on."""
+    return len(reading.text) >= PARTIAL_MIN_CHARS and reading.confidence >= PARTIAL_MIN_CONFIDENCE
 
 
 class MotionGate:
