@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.plates.detect import Detector, box_iou, order_corners, rectify
+from agent.plates.detect import Detector, _plate_shaped, box_iou, order_corners, rectify
 from tests.conftest import need_plates
 
 
@@ -133,3 +133,27 @@ def test_locates_plates_in_real_ccpd_scenes():
         located += any(box_iou(d.box, truth) >= 0.5 for d in found)
     rate = located / len(sample)
     assert rate >= 0.85, f"located {located}/{len(sample)}"
+
+
+def pieces_mask(pieces, size=(300, 800)):
+    mask = np.zeros(size, np.uint8)
+    for x1, y1, x2, y2 in pieces:
+        mask[y1:y2, x1:x2] = 255
+    return mask
+
+
+def test_a_large_plate_cut_into_pieces_by_its_characters_is_proposed_whole():
+    # the background of a plate 400 px wide, between characters too wide for the closing
+    mask = pieces_mask([(100, 100, 190, 190), (200, 102, 290, 192), (300, 98, 390, 188), (400, 100, 500, 190)])
+    plain = list(_plate_shaped(mask, 34, 550))
+    joined = list(_plate_shaped(mask, 34, 550, join_pieces=True))
+    assert plain == []
+    boxes = [_axis_box(q) for q in joined]
+    assert any(box_iou(b, (100, 98, 500, 192)) >= 0.9 for b in boxes)
+
+
+def test_pieces_of_uneven_height_or_far_apart_stay_apart():
+    uneven = pieces_mask([(100, 100, 190, 190), (200, 60, 300, 260)])
+    apart = pieces_mask([(100, 100, 190, 190), (400, 100, 490, 190)])
+    assert list(_plate_shaped(uneven, 34, 550, join_pieces=True)) == []
+    assert list(_plate_shaped(apart, 34, 550, join_pieces=True)) == []

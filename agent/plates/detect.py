@@ -116,7 +116,9 @@ class Detector:
                 mask = cv2.inRange(hsv, lo, (h_hi, s_hi, v_hi))
                 mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, close)
                 mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-                for quad in _plate_shaped(mask, min_w, max_w, expand=(0.03, 0.08)):
+                # white and black regions are everywhere: joining their pieces finds walls and tyres
+                for quad in _plate_shaped(mask, min_w, max_w, expand=(0.03, 0.08),
+                                          join_pieces=name in STRICTER):
                     yield quad, name
         if self.strokes:
             for quad in _plate_shaped(_stroke_mask(small, close_w), min_w, max_w, expand=(0.04, 0.12)):
@@ -154,25 +156,60 @@ def _stroke_mask(small: np.ndarray, close_w: int) -> np.ndarray:
     return mask
 
 
-def _plate_shaped(mask: np.ndarray, min_w: float, max_w: float, expand=(0.0, 0.0)):
-    """Quads (4x2, TL TR BR BL) of mask regions shaped like a plate."""
+def _plate_shaped(mask: np.ndarray, min_w: float, max_w: float, expand=(0.0, 0.0), join_pieces: bool = False):
+    """Quads (4x2, TL TR BR BL) of mask regions shaped like a plate.
+
+    join_pieces: also try runs of pieces side by side in one row as one region. Close
+    to the camera, a plate's characters are wider than the closing bridges, and its
+    background falls apart into a few squarish pieces between them."""
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    for contour in contours:
-        if cv2.contourArea(contour) < (min_w * min_w) / 12:
-            continue
-        (cx, cy), (rw, rh), angle = cv2.minAreaRect(contour)
-        if rw < rh:
-            rw, rh, angle = rh, rw, angle - 90
-        angle = (angle + 90) % 180 - 90
-        if rh <= 0 or not (min_w * 0.8 <= rw <= max_w * 1.2) or abs(angle) > 30:
-            continue
-        if not 1.5 <= rw / rh <= 7.0:
-            continue
-        fill = cv2.contourArea(contour) / (rw * rh)
-        if fill < 0.45:
-            continue
-        quad = _corner_quad(contour, cv2.boxPoints(((cx, cy), (rw, rh), angle)))
-        yield _expand(quad, *expand)
+    regions = [(c, cv2.contourArea(c)) for c in contours]
+    regions = [(c, area) for c, area in regions if area >= (min_w * min_w) / 12]
+    if join_pieces:
+        regions += _rows_of_pieces(contours, min_w)
+    for points, area in regions:
+        quad = _plate_quad(points, area, min_w, max_w)
+        if quad is not None:
+            yield _expand(quad, *expand)
+
+
+def _plate_quad(points: np.ndarray, area: float, min_w: float, max_w: float) -> np.ndarray | None:
+    """The corners of a region of `area` pixels outlined by `points`, if it is plate-shaped."""
+    (cx, cy), (rw, rh), angle = cv2.minAreaRect(points)
+    if rw < rh:
+        rw, rh, angle = rh, rw, angle - 90
+    angle = (angle + 90) % 180 - 90
+    if rh <= 0 or not (min_w * 0.8 <= rw <= max_w * 1.2) or abs(angle) > 30:
+        return None
+    if not 1.5 <= rw / rh <= 7.0:
+        return None
+    if area < 0.45 * rw * rh:
+        return None
+    return _corner_quad(points, cv2.boxPoints(((cx, cy), (rw, rh), angle)))
+
+
+def _rows_of_pieces(contours, min_w: float) -> list[tuple[np.ndarray, float]]:
+    """(points, area) of 2-4 neighbouring pieces of even height side by side (each piece taller
+    than a fifth of the smallest plate): a large plate's background cut by its characters."""
+    boxes = [cv2.boundingRect(c) for c in contours]
+    pieces = sorted(((b, i) for i, b in enumerate(boxes) if b[3] >= min_w / 5 and b[2] >= min_w / 10))
+    joined = []
+    for n, ((x, y, w, h), first) in enumerate(pieces):
+        run, right, top, bottom = [contours[first]], x + w, y, y + h
+        for (x2, y2, w2, h2), other in pieces[n + 1:]:
+            if x2 - right > 0.6 * h:
+                break  # sorted by x: every later piece is further away
+            if x2 < right - 0.3 * w2:
+                continue
+            overlap = min(bottom, y2 + h2) - max(top, y2)
+            if overlap < 0.6 * min(h, h2) or not 0.67 <= h2 / h <= 1.5:
+                continue
+            run.append(contours[other])
+            right, top, bottom = x2 + w2, min(top, y2), max(bottom, y2 + h2)
+            joined.append((np.concatenate(run), sum(cv2.contourArea(c) for c in run)))
+            if len(run) == 4:
+                break
+    return joined
 
 
 def _corner_quad(contour: np.ndarray, box: np.ndarray) -> np.ndarray:
