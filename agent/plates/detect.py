@@ -163,10 +163,10 @@ def _plate_shaped(mask: np.ndarray, min_w: float, max_w: float, expand=(0.0, 0.0
     to the camera, a plate's characters are wider than the closing bridges, and its
     background falls apart into a few squarish pieces between them."""
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    regions = [(c, cv2.contourArea(c)) for c in contours]
-    regions = [(c, area) for c, area in regions if area >= (min_w * min_w) / 12]
+    areas = [cv2.contourArea(c) for c in contours]
+    regions = [(c, area) for c, area in zip(contours, areas) if area >= (min_w * min_w) / 12]
     if join_pieces:
-        regions += _rows_of_pieces(contours, min_w)
+        regions += _rows_of_pieces(contours, areas, min_w)
     for points, area in regions:
         quad = _plate_quad(points, area, min_w, max_w)
         if quad is not None:
@@ -188,14 +188,14 @@ def _plate_quad(points: np.ndarray, area: float, min_w: float, max_w: float) -> 
     return _corner_quad(points, cv2.boxPoints(((cx, cy), (rw, rh), angle)))
 
 
-def _rows_of_pieces(contours, min_w: float) -> list[tuple[np.ndarray, float]]:
+def _rows_of_pieces(contours, areas: list[float], min_w: float) -> list[tuple[np.ndarray, float]]:
     """(points, area) of 2-4 neighbouring pieces of even height side by side (each piece taller
     than a fifth of the smallest plate): a large plate's background cut by its characters."""
     boxes = [cv2.boundingRect(c) for c in contours]
-    pieces = sorted(((b, i) for i, b in enumerate(boxes) if b[3] >= min_w / 5 and b[2] >= min_w / 10))
+    pieces = sorted((b, i) for i, b in enumerate(boxes) if b[3] >= min_w / 5 and b[2] >= min_w / 10)
     joined = []
     for n, ((x, y, w, h), first) in enumerate(pieces):
-        run, right, top, bottom = [contours[first]], x + w, y, y + h
+        run, area, right, top, bottom = [contours[first]], areas[first], x + w, y, y + h
         for (x2, y2, w2, h2), other in pieces[n + 1:]:
             if x2 - right > 0.6 * h:
                 break  # sorted by x: every later piece is further away
@@ -205,8 +205,9 @@ def _rows_of_pieces(contours, min_w: float) -> list[tuple[np.ndarray, float]]:
             if overlap < 0.6 * min(h, h2) or not 0.67 <= h2 / h <= 1.5:
                 continue
             run.append(contours[other])
+            area += areas[other]
             right, top, bottom = x2 + w2, min(top, y2), max(bottom, y2 + h2)
-            joined.append((np.concatenate(run), sum(cv2.contourArea(c) for c in run)))
+            joined.append((np.concatenate(run), area))
             if len(run) == 4:
                 break
     return joined
