@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.plates.detect import Detector, _plate_shaped, box_iou, order_corners, rectify
+from agent.plates.detect import Detection, Detector, _plate_shaped, _suppress, box_iou, order_corners, rectify
 from tests.conftest import need_plates
 
 
@@ -157,3 +157,15 @@ def test_pieces_of_uneven_height_or_far_apart_stay_apart():
     apart = pieces_mask([(100, 100, 190, 190), (400, 100, 490, 190)])
     assert list(_plate_shaped(uneven, 34, 550, join_pieces=True)) == []
     assert list(_plate_shaped(apart, 34, 550, join_pieces=True)) == []
+
+
+def test_a_plate_inside_a_much_larger_region_of_its_colour_is_kept():
+    def det(box, score, hint="blue"):
+        x1, y1, x2, y2 = box
+        return Detection(box=box, corners=np.float32([[x1, y1], [x2, y1], [x2, y2], [x1, y2]]), score=score,
+                         color_hint=hint)
+    car = det((100, 100, 700, 400), 0.9)           # a blue car body passed the checks
+    plate = det((300, 300, 440, 345), 0.8)         # its plate
+    rim = det((290, 295, 450, 350), 0.85)          # the same plate cut a little larger
+    assert _suppress([car, plate], 3) == [car, plate]
+    assert _suppress([rim, plate], 3) == [rim]

@@ -337,7 +337,8 @@ def _area(box) -> float:
 def _suppress(candidates: list[Detection], keep: int, iou: float = 0.3) -> list[Detection]:
     """Best-first non-maximum suppression. The characters of a coloured plate (found as a
     'white', 'black' or stroke region inside a blue, yellow or green one of similar
-    score) give way to the plate first."""
+    score) give way to the plate first. A box inside a chosen one is the same plate
+    region unless the chosen one is many times larger: a blue car holds a blue plate."""
     inner = {id(c) for c in candidates for o in candidates
              if o is not c and c.color_hint in ("white", "black", "")
              and o.color_hint in ("blue", "yellow", "green") and _contains(o.box, c.box)
@@ -345,11 +346,15 @@ def _suppress(candidates: list[Detection], keep: int, iou: float = 0.3) -> list[
     candidates = [c for c in candidates if id(c) not in inner]
     chosen: list[Detection] = []
     for cand in sorted(candidates, key=lambda c: c.score, reverse=True):
-        if all(box_iou(cand.box, c.box) < iou and not _contains(c.box, cand.box) for c in chosen):
+        if all(box_iou(cand.box, c.box) < iou and not _same_plate_region(c.box, cand.box) for c in chosen):
             chosen.append(cand)
             if len(chosen) == keep:
                 break
     return chosen
+
+
+def _same_plate_region(outer, inner) -> bool:
+    return _contains(outer, inner) and _area(outer) < 4 * _area(inner)
 
 
 def _contains(outer, inner, slack: float = 0.85) -> bool:
