@@ -36,8 +36,9 @@ def normalise(text: str) -> str:
     """Remove separators and apply the position-based fixes that GA 36 allows.
 
     The serial never uses I or O, so those read there become 1 and 0. For
-    8-character new-energy plates the last four are digits. The second
-    character is a letter (O is kept: 粤O exists).
+    8-character new-energy plates the last four are digits, and on a small one
+    (it ends in a digit, not D/F) a 0 read third is the D it looks like. The
+    second character is a letter (O is kept: 粤O exists).
     """
     text = "".join(ch for ch in text.upper() if ch not in " ·.-•_")
     if len(text) < 2:
@@ -51,6 +52,8 @@ def normalise(text: str) -> str:
         elif chars[i] == "I":
             chars[i] = "1"
     if len(chars) == 8 and chars[0] in PROVINCES:
+        if chars[2] == "0" and chars[7].isdigit():
+            chars[2] = "D"  # ends in a digit: a small new-energy plate, whose third is a letter
         tail = range(4, 8) if chars[2] in "DABCEFGHJK" else range(2, 7)
         for i in tail:
             chars[i] = _TO_DIGIT.get(chars[i], chars[i])

@@ -1,0 +1,27 @@
+"""Plate text normalisation: the position-based fixes GA 36 allows, and the grammar."""
+import pytest
+
+from agent.platecodes import classify, is_valid, normalise
+
+
+@pytest.mark.parametrize("read,expected", [
+    ("京A·12345", "京A12345"),          # separators go
+    ("苏e 12345", "苏E12345"),          # upper case
+    ("京0I2345", "京O12345"),           # second place is a letter (O exists: 粤O)
+    ("沪B5C67O", "沪B5C670"),           # the serial never uses O or I
+    ("浙AD1O78I", "浙AD10781"),          # small new-energy: the last four are digits
+    ("皖AD19S8B", "皖AD19588"),
+    ("粤B12345D", "粤B12345D"),          # large new-energy: five digits then D/F
+    ("粤BS234QF", "粤B52340F"),
+])
+def test_position_fixes(read, expected):
+    assert normalise(read) == expected
+
+
+def test_a_zero_read_third_on_a_small_new_energy_plate_is_its_d():
+    assert normalise("皖A01978") == "皖A01978"        # 7 characters: an ordinary plate, left alone
+    assert normalise("皖A0197891") == "皖A0197891"    # 9: not a plate length at all
+    fixed = normalise("皖A019789")
+    assert fixed == "皖AD19789" and is_valid(fixed)
+    assert classify(fixed, "green") == "small_new_energy"
+    assert normalise("粤B01234F") == "粤B01234F"      # ends D/F: a large one, its third is a digit
