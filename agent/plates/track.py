@@ -181,12 +181,16 @@ class PlateTracker:
                 self.tracks.remove(track)
                 if not track.emitted:
                     events += self._emit(track, "left", now)
-            elif not track.emitted and self._settled(track):
-                events += self._emit(track, "settled", now)
-            elif not track.emitted and self._waited_enough(track, now):
-                events += self._emit(track, "waited", now)
-            elif track.emitted and track.text_now():
-                self.recent[track.text_now()] = now  # still there: keep the repeat window open
+                continue
+            text, confs, reads = track.vote()
+            if track.emitted:
+                if text:
+                    self.recent[text] = now  # still there: keep the repeat window open
+            elif text and reads >= self.settle_reads:
+                if is_valid(text) and min(confs) >= self.settle_agreement:
+                    events += self._emit(track, "settled", now)
+                elif now - track.first_seen >= self.max_wait_s:
+                    events += self._emit(track, "waited", now)
         return events
 
     def flush(self, now: float) -> list[PlateEvent]:
@@ -223,15 +227,6 @@ class PlateTracker:
             used_t.add(ti)
             used_o.add(oi)
             yield self.tracks[ti], observations[oi]
-
-    def _settled(self, track: Track) -> bool:
-        text, confs, reads = track.vote()
-        return bool(text) and reads >= self.settle_reads and is_valid(text) and \
-            min(confs) >= self.settle_agreement
-
-    def _waited_enough(self, track: Track, now: float) -> bool:
-        text, _confs, reads = track.vote()
-        return bool(text) and reads >= self.settle_reads and now - track.first_seen >= self.max_wait_s
 
     def _emit(self, track: Track, reason: str, now: float) -> list[PlateEvent]:
         track.emitted = True
