@@ -268,12 +268,46 @@ def encode_jpeg(image: np.ndarray, quality: int = 85) -> bytes:
 NO_PLATE = "无车牌"
 
 
-def _scene_sub_images(vehicle_id: str, shot: str, device_id: str, scene_sha: str) -> list[dict]:
-    """The GA/T 1400 SubImageList entries: the scene image (Type 14), when there is one."""
-    if not scene_sha:
-        return []
-    return [{"ImageID": vehicle_id[:41], "Type": "14", "FileFormat": "Jpeg",
-             "ShotTime": shot, "DeviceID": device_id, "sha256": scene_sha}]
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest() if data else ""
+
+
+def _vehicle_record(lane: str, *, plate_no: str, has_plate: bool, color: str, codes: dict, valid: bool,
+                    confidence: float, char_confidences, passed: float, shot_at: float, scene_sha: str,
+                    reads: int, reason: str, device_id: str, tz: str, serial: int | None,
+                    box: dict | None = None) -> dict:
+    """The plate_read record data both a read and a vehicle without one share, its GA/T 1400
+    MotorVehicle object included (box: the plate's, where one was found)."""
+    shot = gat1400_time(shot_at, tz)
+    vehicle_id = motor_vehicle_id(device_id, shot_at, tz, serial)
+    color_code = COLOR_CODES.get(color, COLOR_CODES["other"])
+    motor_vehicle = {"MotorVehicleID": vehicle_id, "InfoKind": 1, "SourceID": vehicle_id[:41],
+                     "DeviceID": device_id}
+    if box is not None:
+        motor_vehicle.update({"LeftTopX": box["left_top_x"], "LeftTopY": box["left_top_y"],
+                              "RightBtmX": box["right_btm_x"], "RightBtmY": box["right_btm_y"]})
+    sub_images = [{"ImageID": vehicle_id[:41], "Type": "14", "FileFormat": "Jpeg",
+                   "ShotTime": shot, "DeviceID": device_id, "sha256": scene_sha}] if scene_sha else []
+    motor_vehicle.update({"HasPlate": has_plate, "PlateClass": codes["plate_class"], "PlateColor": str(color_code),
+                          "PlateNo": plate_no, "PassTime": gat1400_time(passed, tz),
+                          "SubImageList": {"SubImageInfoObject": sub_images}})
+    return {
+        "lane": lane,
+        "plate_no": plate_no,
+        "has_plate": has_plate,
+        "plate_color": color_code,
+        "plate_color_name": color,
+        "plate_class": codes["plate_class"],
+        "plate_kind": codes["kind"],
+        "valid": valid,
+        "confidence": confidence,
+        "char_confidences": list(char_confidences),
+        "pass_time": format_time(passed, tz),
+        "scene_image": {"sha256": scene_sha, "type": 14, "shot_time": shot, "format": "jpeg"},
+        "reads": reads,
+        "reason": reason,
+        "motor_vehicle": motor_vehicle,
+    }
 
 
 def no_plate_record(event: NoPlateEvent, *, device_id: str, tz: str = "Asia/Shanghai",
@@ -281,38 +315,11 @@ def no_plate_record(event: NoPlateEvent, *, device_id: str, tz: str = "Asia/Shan
     """(plate_read record data with has_plate false, scene JPEG, no crop) for a vehicle
     without a read; the GA/T 1400 PlateNo is 无车牌 as the standard has it."""
     scene_jpeg = encode_jpeg(event.scene) if event.scene is not None else b""
-    scene_sha = hashlib.sha256(scene_jpeg).hexdigest() if scene_jpeg else ""
-    shot = gat1400_time(event.arrived, tz)
-    vehicle_id = motor_vehicle_id(device_id, event.arrived, tz, serial)
-    sub_images = _scene_sub_images(vehicle_id, shot, device_id, scene_sha)
-    data = {
-        "lane": event.lane,
-        "plate_no": NO_PLATE,
-        "has_plate": False,
-        "plate_color": COLOR_CODES["other"],
-        "plate_color_name": "",
-        "plate_class": "99",
-        "plate_kind": "",
-        "valid": False,
-        "confidence": 0.0,
-        "char_confidences": [],
-        "pass_time": format_time(event.arrived, tz),
-        "scene_image": {"sha256": scene_sha, "type": 14, "shot_time": shot, "format": "jpeg"},
-        "reads": 0,
-        "reason": "no_plate_" + event.reason,
-        "motor_vehicle": {
-            "MotorVehicleID": vehicle_id,
-            "InfoKind": 1,
-            "SourceID": vehicle_id[:41],
-            "DeviceID": device_id,
-            "HasPlate": False,
-            "PlateClass": "99",
-            "PlateColor": str(COLOR_CODES["other"]),
-            "PlateNo": NO_PLATE,
-            "PassTime": gat1400_time(event.arrived, tz),
-            "SubImageList": {"SubImageInfoObject": sub_images},
-        },
-    }
+    data = _vehicle_record(event.lane, plate_no=NO_PLATE, has_plate=False, color="",
+                           codes={"plate_class": "99", "kind": ""}, valid=False, confidence=0.0,
+                           char_confidences=(), passed=event.arrived, shot_at=event.arrived,
+                           scene_sha=_sha256(scene_jpeg), reads=0, reason="no_plate_" + event.reason,
+                           device_id=device_id, tz=tz, serial=serial)
     return data, scene_jpeg, b""
 
 
@@ -322,46 +329,16 @@ def plate_record(event: PlateEvent, *, device_id: str, tz: str = "Asia/Shanghai"
     best = event.best
     scene_jpeg = encode_jpeg(best.scene) if best.scene is not None else b""
     crop_jpeg = encode_jpeg(best.crop, 95) if best.crop is not None else b""
-    scene_sha = hashlib.sha256(scene_jpeg).hexdigest() if scene_jpeg else ""
-    crop_sha = hashlib.sha256(crop_jpeg).hexdigest() if crop_jpeg else ""
     color = event.color or "blue"
-    codes = gat1400_codes(event.text, color)
-    shot = gat1400_time(best.time, tz)
     box = {"left_top_x": int(best.box[0]), "left_top_y": int(best.box[1]),
            "right_btm_x": int(best.box[2]), "right_btm_y": int(best.box[3])}
-    vehicle_id = motor_vehicle_id(device_id, best.time, tz, serial)
-    sub_images = _scene_sub_images(vehicle_id, shot, device_id, scene_sha)
-    data = {
-        "lane": event.lane,
-        "plate_no": event.text,
-        "has_plate": True,
-        "plate_color": COLOR_CODES.get(color, 99),
-        "plate_color_name": color,
-        "plate_class": codes["plate_class"],
-        "plate_kind": codes["kind"],
-        "valid": event.valid,
-        "confidence": event.confidence,
-        "char_confidences": list(event.char_confidences),
-        "pass_time": format_time(event.first_seen, tz),
-        "box": box,
-        "corners": [[round(float(x), 1), round(float(y), 1)] for x, y in best.corners],
-        "scene_image": {"sha256": scene_sha, "type": 14, "shot_time": shot, "format": "jpeg"},
-        "plate_image": {"sha256": crop_sha},
-        "reads": event.reads,
-        "reason": event.reason,
-        "motor_vehicle": {
-            "MotorVehicleID": vehicle_id,
-            "InfoKind": 1,
-            "SourceID": vehicle_id[:41],
-            "DeviceID": device_id,
-            "LeftTopX": box["left_top_x"], "LeftTopY": box["left_top_y"],
-            "RightBtmX": box["right_btm_x"], "RightBtmY": box["right_btm_y"],
-            "HasPlate": True,
-            "PlateClass": codes["plate_class"],
-            "PlateColor": str(COLOR_CODES.get(color, 99)),
-            "PlateNo": event.text,
-            "PassTime": gat1400_time(event.first_seen, tz),
-            "SubImageList": {"SubImageInfoObject": sub_images},
-        },
-    }
+    data = _vehicle_record(event.lane, plate_no=event.text, has_plate=True, color=color,
+                           codes=gat1400_codes(event.text, color), valid=event.valid,
+                           confidence=event.confidence, char_confidences=event.char_confidences,
+                           passed=event.first_seen, shot_at=best.time, scene_sha=_sha256(scene_jpeg),
+                           reads=event.reads, reason=event.reason, device_id=device_id, tz=tz,
+                           serial=serial, box=box)
+    data["box"] = box
+    data["corners"] = [[round(float(x), 1), round(float(y), 1)] for x, y in best.corners]
+    data["plate_image"] = {"sha256": _sha256(crop_jpeg)}
     return data, scene_jpeg, crop_jpeg
