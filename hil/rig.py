@@ -8,6 +8,7 @@ the pins did and what reached the broker; stop everything.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -82,7 +83,6 @@ class Result:
 
 def merge(base: dict, over: dict) -> dict:
     """A new dict: `over` merged into a deep copy of `base` (the rig edits the result)."""
-    import copy
     out = copy.deepcopy(base)
     for key, value in over.items():
         out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
