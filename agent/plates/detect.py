@@ -37,6 +37,10 @@ COLOR_RANGES = {
     "white": (0, 180, 0, 40, 170, 255),
     "black": (0, 180, 0, 255, 0, 55),
 }
+# A plate cut by its 7-8 characters and its dot falls into at most this many pieces.
+MAX_PIECES = 8
+# Plates at least this wide (frame pixels) are also looked for at half the work size.
+LARGE_PLATE_WIDTH = 300
 # Extra saturation/value added for the stricter passes of each colour.
 STRICTER = {"blue": (0, 50), "yellow": (0, 40), "green": (0, 50)}
 
@@ -121,8 +125,16 @@ class Detector:
                                           join_pieces=name in STRICTER):
                     yield quad, name
         if self.strokes:
-            for quad in _plate_shaped(_stroke_mask(small, close_w), min_w, max_w, expand=(0.04, 0.12)):
+            gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+            for quad in _plate_shaped(_stroke_mask(gray, close_w), min_w, max_w, expand=(0.04, 0.12)):
                 yield quad, ""
+            # Close up, a plate's strokes are further apart than the closing bridges: look
+            # again at half size for plates of LARGE_PLATE_WIDTH or more.
+            large_w = max(min_w, LARGE_PLATE_WIDTH * scale)
+            if large_w <= max_w:
+                half = cv2.pyrDown(gray)
+                for quad in _plate_shaped(_stroke_mask(half, close_w), large_w / 2, max_w / 2, expand=(0.04, 0.12)):
+                    yield quad * 2, ""
 
     # --- verification -----------------------------------------------------------------
 
@@ -143,9 +155,8 @@ class Detector:
         return Detection(box=box, corners=quad, score=round(float(score), 3), color_hint=hint, crop=crop)
 
 
-def _stroke_mask(small: np.ndarray, close_w: int) -> np.ndarray:
+def _stroke_mask(gray: np.ndarray, close_w: int) -> np.ndarray:
     """Regions dense in vertical strokes: the characters of a plate of any colour."""
-    gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
     gray = cv2.GaussianBlur(gray, (3, 3), 0)
     grad = cv2.convertScaleAbs(cv2.Sobel(gray, cv2.CV_16S, 1, 0, ksize=3))
     _, edges = cv2.threshold(grad, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
@@ -164,17 +175,21 @@ def _plate_shaped(mask: np.ndarray, min_w: float, max_w: float, expand=(0.0, 0.0
     background falls apart into a few squarish pieces between them."""
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     areas = [cv2.contourArea(c) for c in contours]
-    regions = [(c, area) for c, area in zip(contours, areas) if area >= (min_w * min_w) / 12]
+    regions = [(c, area, False) for c, area in zip(contours, areas) if area >= (min_w * min_w) / 12]
     if join_pieces:
-        regions += _rows_of_pieces(contours, areas, min_w)
-    for points, area in regions:
-        quad = _plate_quad(points, area, min_w, max_w)
+        regions += [(points, area, True) for points, area in _rows_of_pieces(contours, areas, min_w)]
+    for points, area, joined in regions:
+        quad = _plate_quad(points, area, min_w, max_w, joined)
         if quad is not None:
             yield _expand(quad, *expand)
 
 
-def _plate_quad(points: np.ndarray, area: float, min_w: float, max_w: float) -> np.ndarray | None:
-    """The corners of a region of `area` pixels outlined by `points`, if it is plate-shaped."""
+def _plate_quad(points: np.ndarray, area: float, min_w: float, max_w: float,
+                joined: bool = False) -> np.ndarray | None:
+    """The corners of a region of `area` pixels outlined by `points`, if it is plate-shaped.
+
+    A region joined from pieces takes the corners of its rotated box: the characters
+    bite into the pieces' ends, and their hull points would pull the quad inwards."""
     (cx, cy), (rw, rh), angle = cv2.minAreaRect(points)
     if rw < rh:
         rw, rh, angle = rh, rw, angle - 90
@@ -185,17 +200,22 @@ def _plate_quad(points: np.ndarray, area: float, min_w: float, max_w: float) -> 
         return None
     if area < 0.45 * rw * rh:
         return None
-    return _corner_quad(points, cv2.boxPoints(((cx, cy), (rw, rh), angle)))
+    box = cv2.boxPoints(((cx, cy), (rw, rh), angle))
+    return order_corners(box) if joined else _corner_quad(points, box)
 
 
 def _rows_of_pieces(contours, areas: list[float], min_w: float) -> list[tuple[np.ndarray, float]]:
-    """(points, area) of 2-4 neighbouring pieces of even height side by side (each piece taller
-    than a fifth of the smallest plate): a large plate's background cut by its characters."""
+    """(points, area) of each longest run (2 to MAX_PIECES) of neighbouring pieces of even
+    height side by side (each taller than a fifth of the smallest plate): a large plate's
+    background cut by its characters. Only the longest, and a piece joins one run: a part
+    of the plate reads well enough to outscore the whole of it."""
     boxes = [cv2.boundingRect(c) for c in contours]
     pieces = sorted((b, i) for i, b in enumerate(boxes) if b[3] >= min_w / 5 and b[2] >= min_w / 10)
-    joined = []
+    joined, used = [], set()
     for n, ((x, y, w, h), first) in enumerate(pieces):
-        run, area, right, top, bottom = [contours[first]], areas[first], x + w, y, y + h
+        if first in used:
+            continue
+        members, area, right, top, bottom = [first], areas[first], x + w, y, y + h
         for (x2, y2, w2, h2), other in pieces[n + 1:]:
             if x2 - right > 0.6 * h:
                 break  # sorted by x: every later piece is further away
@@ -204,12 +224,14 @@ def _rows_of_pieces(contours, areas: list[float], min_w: float) -> list[tuple[np
             overlap = min(bottom, y2 + h2) - max(top, y2)
             if overlap < 0.6 * min(h, h2) or not 0.67 <= h2 / h <= 1.5:
                 continue
-            run.append(contours[other])
+            members.append(other)
             area += areas[other]
             right, top, bottom = x2 + w2, min(top, y2), max(bottom, y2 + h2)
-            joined.append((np.concatenate(run), area))
-            if len(run) == 4:
+            if len(members) == MAX_PIECES:
                 break
+        if len(members) > 1:
+            joined.append((np.concatenate([contours[i] for i in members]), area))
+            used.update(members)
     return joined
 
 
