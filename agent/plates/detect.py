@@ -132,8 +132,8 @@ class Detector:
             # again at half size for plates of LARGE_PLATE_WIDTH or more.
             large_w = max(min_w, LARGE_PLATE_WIDTH * scale)
             if large_w <= max_w:
-                half = cv2.pyrDown(gray)
-                for quad in _plate_shaped(_stroke_mask(half, close_w), large_w / 2, max_w / 2, expand=(0.04, 0.12)):
+                half = _stroke_mask(cv2.pyrDown(gray), close_w)
+                for quad in _plate_shaped(half, large_w / 2, max_w / 2, expand=(0.04, 0.12)):
                     yield quad * 2, ""
 
     # --- verification -----------------------------------------------------------------
