@@ -576,7 +576,7 @@ class Lists:
         self.key = key
         self.tz = ZoneInfo(tz)
         self._lock = threading.RLock()
-        self._databases = {"lists": ThreadConnections(self.path), "state": ThreadConnections(self.state_path)}
+        self._lists_db, self._state_db = ThreadConnections(self.path), ThreadConnections(self.state_path)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -595,17 +595,18 @@ class Lists:
 
     @property
     def _conn(self) -> sqlite3.Connection:
-        return self._connection("lists", self.path)
+        return self._connection(self._lists_db)
 
     @property
     def _state(self) -> sqlite3.Connection:
-        return self._connection("state", self.state_path)
+        return self._connection(self._state_db)
 
-    def _connection(self, name: str, path: Path) -> sqlite3.Connection:
+    @staticmethod
+    def _connection(database: ThreadConnections) -> sqlite3.Connection:
         try:
-            return self._databases[name].get()
+            return database.get()
         except (OSError, sqlite3.Error) as exc:
-            raise ListError(f"cannot open the lists database {path}: {exc}") from None
+            raise ListError(f"cannot open the lists database {database.path}: {exc}") from None
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection, path: Path, migrations: list[str]) -> None:
@@ -617,8 +618,8 @@ class Lists:
             conn.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
 
     def close(self) -> None:
-        for database in self._databases.values():
-            database.close()
+        self._lists_db.close()
+        self._state_db.close()
 
     # reading
 

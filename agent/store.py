@@ -105,7 +105,6 @@ class Store:
         self.reserve_path = self.dir / "alarm-reserve"
         self._connections = ThreadConnections(self.path, foreign_keys=True)
         self._local = threading.local()
-        self._lock = threading.Lock()
         self.listeners: list = []
         """Called with each Record once it is durably stored (in the writer's thread: be quick)."""
         self.sent_listeners: list = []
