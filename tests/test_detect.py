@@ -195,3 +195,25 @@ def test_a_plate_inside_a_much_larger_region_of_its_colour_is_kept():
     rim = det((290, 295, 450, 350), 0.85)          # the same plate cut a little larger
     assert _suppress([car, plate], 3) == [car, plate]
     assert _suppress([rim, plate], 3) == [rim]
+
+
+def test_a_plate_whose_character_bars_line_up_is_found_at_its_own_size():
+    # The middle bars of Z, 5, 7 and J line up: a row nearly all ink across the
+    # characters. It used to cut the text block in two, the plate proper scored below
+    # a box twice its size around the plate and the bumper, and that box was chosen.
+    folder = need_plates() / "ccpd_samples_zhijucen"
+    with open(folder / "labels.csv", encoding="utf-8") as f:
+        row = next(r for r in csv.DictReader(f) if r["file"].startswith("0206178160919-"))
+    truth = tuple(int(row[k]) for k in ("x1", "y1", "x2", "y2"))
+    found = Detector().detect(cv2.imread(str(folder / row["file"])))
+    assert found and box_iou(found[0].box, truth) >= 0.7, [d.box for d in found]
+
+
+def test_of_two_candidates_scored_alike_the_larger_is_the_plate():
+    def det(box, score=1.0):
+        x1, y1, x2, y2 = box
+        return Detection(box=box, corners=np.float32([[x1, y1], [x2, y1], [x2, y2], [x1, y2]]), score=score,
+                         color_hint="blue")
+    part = det((213, 486, 472, 613))   # the plate's left five characters (glare on the rest)
+    whole = det((98, 473, 601, 624))
+    assert _suppress([part, whole], 3) == [whole]

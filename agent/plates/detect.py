@@ -327,7 +327,7 @@ def character_score(crop: np.ndarray) -> float:
         ncol = int(columns.sum())
         light_rows = light[:, columns].sum(axis=1)
         rows = (light_rows if light_ink else ncol - light_rows) / ncol
-        text_rows = _longest_run((rows > 0.15) & (rows < 0.85)) / h
+        text_rows = _longest_run(_text_rows(rows)) / h
         best = max(best, count_score * min(1.0, spread / 0.7) * min(1.0, text_rows / 0.5))
     return best
 
@@ -350,6 +350,19 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
 
 def _longest_run(flags: np.ndarray) -> int:
     return max((b - a for a, b in _runs(flags)), default=0)
+
+
+def _text_rows(rows: np.ndarray) -> np.ndarray:
+    """Rows that cross characters: part ink, part background, over the character columns.
+
+    Where several characters' bars line up (Z, 5, 7, a bold dot) a row or two in the
+    middle is nearly all ink; such a short solid band between text rows is text too."""
+    text = (rows > 0.15) & (rows < 0.85)
+    solid_max = max(1, len(rows) // 16)
+    for a, b in _runs(rows >= 0.85):
+        if b - a <= solid_max and a > 0 and b < len(rows) and text[a - 1] and text[b]:
+            text[a:b] = True
+    return text
 
 
 def background_fraction(crop: np.ndarray, color: str) -> float:
@@ -375,14 +388,16 @@ def _suppress(candidates: list[Detection], keep: int, iou: float = 0.3) -> list[
     """Best-first non-maximum suppression. The characters of a coloured plate (found as a
     'white', 'black' or stroke region inside a blue, yellow or green one of similar
     score) give way to the plate first. A box inside a chosen one is the same plate
-    region unless the chosen one is many times larger: a blue car holds a blue plate."""
+    region unless the chosen one is many times larger: a blue car holds a blue plate.
+    Of candidates scored alike, the larger goes first: scores saturate, and a plate's
+    part (glare on its right half) scores as well as the whole of it."""
     inner = {id(c) for c in candidates for o in candidates
              if o is not c and c.color_hint in ("white", "black", "")
              and o.color_hint in ("blue", "yellow", "green") and _contains(o.box, c.box)
              and o.score >= c.score - 0.2}
     candidates = [c for c in candidates if id(c) not in inner]
     chosen: list[Detection] = []
-    for cand in sorted(candidates, key=lambda c: c.score, reverse=True):
+    for cand in sorted(candidates, key=lambda c: (c.score, _area(c.box)), reverse=True):
         if all(box_iou(cand.box, c.box) < iou and not _same_plate_region(c.box, cand.box) for c in chosen):
             chosen.append(cand)
             if len(chosen) == keep:
