@@ -125,12 +125,11 @@ def real_order(samples: list[Sample], repeat: int, balance: float, rng: np.rando
     With `balance` > 0 a crop is drawn with weight (crops of its province)^-balance, because
     the real crops are half 皖 and a handful of provinces have one or two: unweighted, the
     network learns to answer 皖 for a province it cannot quite read."""
-    n = len(samples) * repeat
     if balance <= 0 or not samples:
-        return [i for i in range(len(samples))] * repeat
+        return list(range(len(samples))) * repeat
     counts = collections.Counter(s.text[0] for s in samples)
     weights = np.array([counts[s.text[0]] ** -balance for s in samples])
-    return rng.choice(len(samples), size=n, p=weights / weights.sum()).tolist()
+    return rng.choice(len(samples), size=len(samples) * repeat, p=weights / weights.sum()).tolist()
 
 
 def encode(texts):
@@ -278,7 +277,7 @@ def parse_args(argv=None):
     p.add_argument("--synth", type=int, default=30000, help="synthetic training plates rendered up front")
     p.add_argument("--synth-per-epoch", type=int, default=9000)
     p.add_argument("--synth-val", type=int, default=1200)
-    p.add_argument("--real-repeat", type=int, default=4, help="times each real crop is used per epoch")
+    p.add_argument("--real-repeat", type=int, default=4, help="draws per real crop per epoch (on average with --province-balance)")
     p.add_argument("--province-balance", type=float, default=0.5, metavar="ALPHA",
                    help="draw real crops with weight (crops of their province)^-ALPHA (0: each crop equally)")
     p.add_argument("--batch", type=int, default=64)
