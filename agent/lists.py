@@ -605,7 +605,7 @@ class Lists:
     def _connection(database: ThreadConnections) -> sqlite3.Connection:
         try:
             return database.get()
-        except (OSError, sqlite3.Error) as exc:
+        except sqlite3.Error as exc:
             raise ListError(f"cannot open the lists database {database.path}: {exc}") from None
 
     @staticmethod

@@ -20,14 +20,21 @@ class ThreadConnections:
         self._all: list[sqlite3.Connection] = []
 
     def get(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use (sqlite3.Error or OSError if it can't)."""
+        """This thread's connection, opened on first use.
+
+        sqlite3.Error if it can't be: a missing folder, no permission, a file that is
+        not a database (only the first statement finds that out)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            if self.foreign_keys:
-                conn.execute("PRAGMA foreign_keys=ON")
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                if self.foreign_keys:
+                    conn.execute("PRAGMA foreign_keys=ON")
+            except sqlite3.Error:
+                conn.close()
+                raise
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)

@@ -126,7 +126,7 @@ class Store:
         if db is None:
             try:
                 conn = self._connections.get()
-            except sqlite3.OperationalError as exc:
+            except sqlite3.Error as exc:
                 raise StoreError(f"cannot open database {self.path}: {exc}") from None
             db = sqlite_utils.Database(conn)
             self._local.db = db

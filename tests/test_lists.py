@@ -354,3 +354,12 @@ def test_cli_import_errors_are_one_clear_message(tmp_path, config_file):
     assert "people.csv line 2: column 'id_number': check character is wrong" in result.output
     assert "Traceback" not in result.output
     assert "staff 0" in invoke(config, "version").output
+
+
+def test_a_lists_file_that_is_not_a_database_is_named_and_left_alone(tmp_path, key):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "lists.db").write_bytes(b"not sqlite " * 400)
+    with pytest.raises(ListError, match=r"cannot open the lists database .*lists\.db: file is not a database"):
+        Lists(folder, key)
+    assert (folder / "lists.db").read_bytes() == b"not sqlite " * 400

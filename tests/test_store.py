@@ -10,7 +10,7 @@ import pytest
 
 from agent.privacy import Sealer, load_key
 from agent.records import Record
-from agent.store import Store
+from agent.store import Store, StoreError
 from conftest import ROOT
 
 ALARM = {"button": "b1", "location": "desk", "drill": False, "pressed_at": "2026-11-24T10:00:00+08:00"}
@@ -201,3 +201,11 @@ def test_newer_schema_refused(tmp_path):
     from agent.store import StoreError
     with pytest.raises(StoreError, match="newer than this agent knows"):
         Store(tmp_path / "d", device_id="21010200001210000001", site="t", reserve_mb=1)
+
+
+def test_a_file_that_is_not_a_database_is_named_and_left_alone(tmp_path):
+    garbage = os.urandom(4096)
+    (tmp_path / "gate.db").write_bytes(garbage)
+    with pytest.raises(StoreError, match=r"cannot open database .*gate\.db: file is not a database"):
+        Store(tmp_path, device_id="21010200001320000001", site="test")
+    assert (tmp_path / "gate.db").read_bytes() == garbage
