@@ -138,6 +138,7 @@ def test_no_plate_record_maps_onto_gat1400(store):
     assert data["plate_no"] == NO_PLATE == "无车牌" and data["has_plate"] is False
     assert data["motor_vehicle"]["HasPlate"] is False and data["motor_vehicle"]["PlateNo"] == NO_PLATE
     assert data["plate_color"] == 99 and data["reason"] == "no_plate_waited"
+    assert "box" not in data and "LeftTopX" not in data["motor_vehicle"]
     assert len(data["motor_vehicle"]["MotorVehicleID"]) == 48
     assert scene[:2] == b"\xff\xd8" and crop == b""
     assert set(KINDS["plate_read"].required) <= set(data)

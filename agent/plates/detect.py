@@ -41,6 +41,9 @@ COLOR_RANGES = {
 MAX_PIECES = 8
 # Plates at least this wide (frame pixels) are also looked for at half the work size.
 LARGE_PLATE_WIDTH = 300
+# How far a mask region's quad is grown along its own axes (the masks sit inside the rim).
+COLOR_EXPAND = (0.03, 0.08)
+STROKE_EXPAND = (0.04, 0.12)
 # Extra saturation/value added for the stricter passes of each colour.
 STRICTER = {"blue": (0, 50), "yellow": (0, 40), "green": (0, 50)}
 
@@ -121,19 +124,19 @@ class Detector:
                 mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, close)
                 mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
                 # white and black regions are everywhere: joining their pieces finds walls and tyres
-                for quad in _plate_shaped(mask, min_w, max_w, expand=(0.03, 0.08),
+                for quad in _plate_shaped(mask, min_w, max_w, expand=COLOR_EXPAND,
                                           join_pieces=name in STRICTER):
                     yield quad, name
         if self.strokes:
             gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-            for quad in _plate_shaped(_stroke_mask(gray, close_w), min_w, max_w, expand=(0.04, 0.12)):
+            for quad in _plate_shaped(_stroke_mask(gray, close_w), min_w, max_w, expand=STROKE_EXPAND):
                 yield quad, ""
             # Close up, a plate's strokes are further apart than the closing bridges: look
             # again at half size for plates of LARGE_PLATE_WIDTH or more.
             large_w = max(min_w, LARGE_PLATE_WIDTH * scale)
             if large_w <= max_w:
                 half = _stroke_mask(cv2.pyrDown(gray), close_w)
-                for quad in _plate_shaped(half, large_w / 2, max_w / 2, expand=(0.04, 0.12)):
+                for quad in _plate_shaped(half, large_w / 2, max_w / 2, expand=STROKE_EXPAND):
                     yield quad * 2, ""
 
     # --- verification -----------------------------------------------------------------
@@ -413,7 +416,7 @@ def _contains(outer, inner, slack: float = 0.85) -> bool:
     ix1, iy1 = max(outer[0], inner[0]), max(outer[1], inner[1])
     ix2, iy2 = min(outer[2], inner[2]), min(outer[3], inner[3])
     inter = max(0, ix2 - ix1) * max(0, iy2 - iy1)
-    area = (inner[2] - inner[0]) * (inner[3] - inner[1])
+    area = _area(inner)
     return area > 0 and inter / area >= slack
 
 

@@ -277,7 +277,7 @@ def _vehicle_record(lane: str, *, plate_no: str, has_plate: bool, color: str, co
                     reads: int, reason: str, device_id: str, tz: str, serial: int | None,
                     box: dict | None = None) -> dict:
     """The plate_read record data both a read and a vehicle without one share, its GA/T 1400
-    MotorVehicle object included (box: the plate's, where one was found)."""
+    MotorVehicle object included (box: the plate's, where one was found: in both)."""
     shot = gat1400_time(shot_at, tz)
     vehicle_id = motor_vehicle_id(device_id, shot_at, tz, serial)
     color_code = COLOR_CODES.get(color, COLOR_CODES["other"])
@@ -307,7 +307,7 @@ def _vehicle_record(lane: str, *, plate_no: str, has_plate: bool, color: str, co
         "reads": reads,
         "reason": reason,
         "motor_vehicle": motor_vehicle,
-    }
+    } | ({"box": box} if box is not None else {})
 
 
 def no_plate_record(event: NoPlateEvent, *, device_id: str, tz: str = "Asia/Shanghai",
@@ -338,7 +338,6 @@ def plate_record(event: PlateEvent, *, device_id: str, tz: str = "Asia/Shanghai"
                            passed=event.first_seen, shot_at=best.time, scene_sha=_sha256(scene_jpeg),
                            reads=event.reads, reason=event.reason, device_id=device_id, tz=tz,
                            serial=serial, box=box)
-    data["box"] = box
     data["corners"] = [[round(float(x), 1), round(float(y), 1)] for x, y in best.corners]
     data["plate_image"] = {"sha256": _sha256(crop_jpeg)}
     return data, scene_jpeg, crop_jpeg
