@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.plates.detect import Detection, Detector, _plate_shaped, _suppress, box_iou, order_corners, rectify
+from agent.plates.detect import (Detection, Detector, _plate_shaped, _suppress, box_iou, extend_to_colour,
+                                 order_corners, rectify)
 from tests.conftest import need_plates
 
 
@@ -217,3 +218,45 @@ def test_of_two_candidates_scored_alike_the_larger_is_the_plate():
     part = det((213, 486, 472, 613))   # the plate's left five characters (glare on the rest)
     whole = det((98, 473, 601, 624))
     assert _suppress([part, whole], 3) == [whole]
+
+
+def _part_of(corners, start, end):
+    """The quad of the share start..end of a TL TR BR BL quad's width."""
+    tl, tr, br, bl = corners
+    return np.float32([tl + (tr - tl) * start, tl + (tr - tl) * end, bl + (br - bl) * end, bl + (br - bl) * start])
+
+
+@pytest.mark.parametrize("start,end", [(0.3, 1.0), (0.0, 0.6), (0.2, 0.8)])
+def test_a_plate_found_cut_short_is_lengthened_to_where_its_colour_ends(start, end):
+    corners = tilted_corners(620, 400, 320, 8)
+    frame = scene_with(drawn_plate(), corners)
+    lengthened = extend_to_colour(frame, _part_of(corners, start, end), "blue")
+    assert np.abs(lengthened - corners).max() <= 0.04 * 320, lengthened.tolist()
+
+
+def test_a_plate_on_a_car_of_its_colour_is_not_lengthened_into_the_car():
+    scene = np.full((720, 1280, 3), 90, np.uint8)
+    cv2.rectangle(scene, (150, 150), (1130, 650), (160, 60, 10), -1)
+    corners = tilted_corners(640, 420, 300, 0)
+    frame = scene_with(drawn_plate(), corners, scene=scene)
+    part = _part_of(corners, 0.2, 0.8)
+    assert np.array_equal(extend_to_colour(frame, part, "blue"), part)
+
+
+def test_a_double_row_plate_is_not_lengthened():
+    corners = tilted_corners(620, 400, 300, 0, aspect=440 / 220)
+    frame = scene_with(drawn_plate(bg=(0, 200, 230), ink=(0, 0, 0), size=(440, 220)), corners)
+    assert np.abs(extend_to_colour(frame, corners, "yellow") - corners).max() <= 0.04 * 300
+
+
+def test_a_close_plate_whose_province_the_colour_region_left_out_is_found_whole():
+    # The white characters of a close plate cut its blue into pieces; the region found
+    # was the five on the right, and the plate was read without 皖A.
+    folder = need_plates() / "ccpd_subdataset_julienkolani"
+    with open(folder / "labels.csv", encoding="utf-8") as f:
+        row = next(r for r in csv.DictReader(f) if r["file"].startswith("033748802682-"))
+    vertices = order_corners(np.float32([p.split("&") for p in row["vertices"].split("_")]))
+    width = np.linalg.norm(vertices[1] - vertices[0])
+    found = Detector().detect(cv2.imread(str(folder / row["file"])))
+    best = min(found, key=lambda d: np.abs(d.corners - vertices).max())
+    assert np.abs(best.corners - vertices).max() <= 0.1 * width, best.corners.tolist()
