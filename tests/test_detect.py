@@ -146,8 +146,8 @@ def pieces_mask(pieces, size=(300, 800)):
 def test_a_large_plate_cut_into_pieces_by_its_characters_is_proposed_whole():
     # the background of a plate 400 px wide, between characters too wide for the closing
     mask = pieces_mask([(100, 100, 190, 190), (200, 102, 290, 192), (300, 98, 390, 188), (400, 100, 500, 190)])
-    plain = list(_plate_shaped(mask, 34, 550))
-    joined = list(_plate_shaped(mask, 34, 550, join_pieces=True))
+    plain = _plate_shaped(mask, 34, 550)[0]
+    joined = _plate_shaped(mask, 34, 550, join_pieces=True)[0]
     assert plain == []
     boxes = [_axis_box(q) for q in joined]
     assert any(box_iou(b, (100, 98, 500, 192)) >= 0.9 for b in boxes)
@@ -160,7 +160,7 @@ def test_a_plate_in_eight_pieces_is_proposed_whole_and_not_in_parts():
     mask = pieces_mask(pieces)
     mask[170:190, 100:115] = 0
     mask[170:190, 475:490] = 0
-    quads = list(_plate_shaped(mask, 34, 550, join_pieces=True))
+    quads = _plate_shaped(mask, 34, 550, join_pieces=True)[0]
     whole = np.float32([[100, 100], [489, 100], [489, 189], [100, 189]])
     assert len(quads) == 1
     assert np.abs(quads[0] - whole).max() <= 2, quads[0].tolist()
@@ -169,8 +169,8 @@ def test_a_plate_in_eight_pieces_is_proposed_whole_and_not_in_parts():
 def test_pieces_of_uneven_height_or_far_apart_stay_apart():
     uneven = pieces_mask([(100, 100, 190, 190), (200, 60, 300, 260)])
     apart = pieces_mask([(100, 100, 190, 190), (400, 100, 490, 190)])
-    assert list(_plate_shaped(uneven, 34, 550, join_pieces=True)) == []
-    assert list(_plate_shaped(apart, 34, 550, join_pieces=True)) == []
+    assert _plate_shaped(uneven, 34, 550, join_pieces=True)[0] == []
+    assert _plate_shaped(apart, 34, 550, join_pieces=True)[0] == []
 
 
 def test_a_close_plate_on_a_car_of_its_colour_is_found_by_its_strokes(monkeypatch):

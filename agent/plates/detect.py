@@ -135,19 +135,21 @@ class Detector:
                 mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, close)
                 mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
                 # white and black regions are everywhere: joining their pieces finds walls and tyres
-                for quad in _plate_shaped(mask, min_w, max_w, expand=COLOR_EXPAND,
-                                          join_pieces=name in STRICTER):
-                    yield quad, name
+                quads, misfits = _plate_shaped(mask, min_w, max_w, expand=COLOR_EXPAND,
+                                               join_pieces=name in STRICTER)
+                yield from ((quad, name) for quad in quads)
+                if not misfits:
+                    break  # nothing of this colour is joined to a plate: a stricter range has nothing to split
         if self.strokes:
             gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-            for quad in _plate_shaped(_stroke_mask(gray, close_w), min_w, max_w, expand=STROKE_EXPAND):
+            for quad in _plate_shaped(_stroke_mask(gray, close_w), min_w, max_w, expand=STROKE_EXPAND)[0]:
                 yield quad, ""
             # Close up, a plate's strokes are further apart than the closing bridges: look
             # again at half size for plates of LARGE_PLATE_WIDTH or more.
             large_w = max(min_w, LARGE_PLATE_WIDTH * scale)
             if large_w <= max_w:
                 half = _stroke_mask(cv2.pyrDown(gray), close_w)
-                for quad in _plate_shaped(half, large_w / 2, max_w / 2, expand=STROKE_EXPAND):
+                for quad in _plate_shaped(half, large_w / 2, max_w / 2, expand=STROKE_EXPAND)[0]:
                     yield quad * 2, ""
 
     # --- verification -----------------------------------------------------------------
@@ -242,8 +244,11 @@ def _stroke_mask(gray: np.ndarray, close_w: int) -> np.ndarray:
     return mask
 
 
-def _plate_shaped(mask: np.ndarray, min_w: float, max_w: float, expand=(0.0, 0.0), join_pieces: bool = False):
-    """Quads (4x2, TL TR BR BL) of mask regions shaped like a plate.
+def _plate_shaped(mask: np.ndarray, min_w: float, max_w: float, expand=(0.0, 0.0),
+                  join_pieces: bool = False) -> tuple[list[np.ndarray], int]:
+    """Quads (4x2, TL TR BR BL) of mask regions shaped like a plate, and the number of
+    regions large enough for a plate that are not shaped like one (misfits: a plate
+    joined to a car body or the pavement may be among them).
 
     join_pieces: also try runs of pieces side by side in one row as one region. Close
     to the camera, a plate's characters are wider than the closing bridges, and its
@@ -253,10 +258,12 @@ def _plate_shaped(mask: np.ndarray, min_w: float, max_w: float, expand=(0.0, 0.0
     regions = [(c, area, False) for c, area in zip(contours, areas) if area >= (min_w * min_w) / 12]
     if join_pieces:
         regions += [(points, area, True) for points, area in _rows_of_pieces(contours, areas, min_w)]
+    quads = []
     for points, area, joined in regions:
         quad = _plate_quad(points, area, min_w, max_w, joined)
         if quad is not None:
-            yield _expand(quad, *expand)
+            quads.append(_expand(quad, *expand))
+    return quads, len(regions) - len(quads)
 
 
 def _plate_quad(points: np.ndarray, area: float, min_w: float, max_w: float,
