@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.plates.detect import (Detection, Detector, _plate_shaped, _suppress, box_iou, extend_to_colour,
-                                 order_corners, rectify)
+from agent.plates.detect import (EXTENT_GAP, Detection, Detector, _colour_run, _plate_shaped, _suppress, box_iou,
+                                 extend_to_colour, order_corners, rectify)
 from tests.conftest import need_plates
 
 
@@ -232,6 +232,16 @@ def test_a_plate_found_cut_short_is_lengthened_to_where_its_colour_ends(start, e
     frame = scene_with(drawn_plate(), corners)
     lengthened = extend_to_colour(frame, _part_of(corners, start, end), "blue")
     assert np.abs(lengthened - corners).max() <= 0.04 * 320, lengthened.tolist()
+
+
+def test_the_colour_run_bridges_short_gaps_and_a_colour_that_never_ends_is_not_the_plates():
+    gap = EXTENT_GAP                                      # this many columns without colour end the plate
+    run = [True] * 3 + [False] * (gap - 1) + [True] * 2
+    assert _colour_run(np.array(run + [False] * gap + [True] + [False] * 5)) == len(run)
+    assert _colour_run(np.array([False] * (gap - 1) + [True] + [False] * 9)) == gap
+    assert _colour_run(np.array([False] * gap + [True] * 9 + [False])) == 0
+    assert _colour_run(np.array(run)) == 0                # on to the limit: a car body
+    assert _colour_run(np.array([], bool)) == 0
 
 
 def test_a_plate_on_a_car_of_its_colour_is_not_lengthened_into_the_car():

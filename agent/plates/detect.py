@@ -54,7 +54,9 @@ MAX_PLATE_ASPECT = 4.8
 EXTENT_STRIP_H = 16    # rows of the strip the extent is measured on
 EXTENT_GAP = 3         # columns without colour (of EXTENT_STRIP_H-high ones) that end the plate
 EXTENT_SHADE = 0.6     # share of the plate's own saturation and value its colour must keep
-# Extra saturation/value added for the stricter passes of each colour.
+# Plate backgrounds of a hue of their own (white and black ones are everywhere: walls, tyres).
+SATURATED = ("blue", "yellow", "green")
+# Extra saturation/value added for the stricter passes of each saturated colour.
 STRICTER = {"blue": (0, 50), "yellow": (0, 40), "green": (0, 50)}
 
 
@@ -129,14 +131,13 @@ class Detector:
             for strict in STRICTER.get(name, (0,)):
                 # a looser range finds pale plates; a stricter one separates a plate from a
                 # car body or pavement of a similar hue that the looser one joins it to
-                lo = (h_lo, min(255, s_lo + strict), min(255, v_lo + strict)) if name != "white" \
-                    else (h_lo, s_lo, min(255, v_lo + strict))
-                mask = cv2.inRange(hsv, lo, (h_hi, s_hi, v_hi))
+                mask = cv2.inRange(hsv, (h_lo, min(255, s_lo + strict), min(255, v_lo + strict)),
+                                   (h_hi, s_hi, v_hi))
                 mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, close)
                 mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
                 # white and black regions are everywhere: joining their pieces finds walls and tyres
                 quads, misfits = _plate_shaped(mask, min_w, max_w, expand=COLOR_EXPAND,
-                                               join_pieces=name in STRICTER)
+                                               join_pieces=name in SATURATED)
                 yield from ((quad, name) for quad in quads)
                 if not misfits:
                     break  # nothing of this colour is joined to a plate: a stricter range has nothing to split
@@ -157,7 +158,7 @@ class Detector:
     def _verify(self, frame: np.ndarray, quad: np.ndarray, hint: str) -> Detection | None:
         """The candidate scored, lengthened to its colour's end if it passes (extend_to_colour)."""
         candidate = self._scored(frame, quad, hint)
-        if candidate is None or hint not in STRICTER:
+        if candidate is None or hint not in SATURATED:
             return candidate
         longer = extend_to_colour(frame, quad, hint)
         if longer is quad:
@@ -200,11 +201,7 @@ def extend_to_colour(frame: np.ndarray, quad: np.ndarray, color: str) -> np.ndar
     reach = (height * MAX_PLATE_ASPECT - width) / width   # each side, as a share of the width
     wide = _expand(quad, reach, 0.0)
     strip_w = int(round(EXTENT_STRIP_H * (1 + 2 * reach) * width / height))
-    target = np.array([[0, 0], [strip_w - 1, 0], [strip_w - 1, EXTENT_STRIP_H - 1], [0, EXTENT_STRIP_H - 1]],
-                      np.float32)
-    matrix = cv2.getPerspectiveTransform(wide, target)
-    strip = cv2.warpPerspective(frame, matrix, (strip_w, EXTENT_STRIP_H), flags=cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_CONSTANT)
+    strip, matrix = _warp_flat(frame, wide, (strip_w, EXTENT_STRIP_H), cv2.BORDER_CONSTANT)
     a0 = int(round(strip_w * reach / (1 + 2 * reach)))
     b0 = strip_w - a0
     h_lo, h_hi, s_lo, s_hi, v_lo, v_hi = COLOR_RANGES[color]
@@ -217,19 +214,23 @@ def extend_to_colour(frame: np.ndarray, quad: np.ndarray, color: str) -> np.ndar
     lo = (h_lo, max(s_lo, int(EXTENT_SHADE * s_own)), max(v_lo, int(EXTENT_SHADE * v_own)))
     mask = cv2.inRange(hsv, lo, (h_hi, s_hi, v_hi))
     plate_columns = mask.mean(axis=0) >= 0.2 * 255
-    left, right = a0, b0
-    while left > 0 and plate_columns[max(0, left - EXTENT_GAP):left].any():
-        left -= 1
-    while right < strip_w and plate_columns[right:right + EXTENT_GAP].any():
-        right += 1
-    if left == 0:
-        left = a0     # the colour goes on to the limit on this side: not the plate's
-    if right == strip_w:
-        right = b0
-    if left >= a0 - 1 and right <= b0 + 1:
+    on_left, on_right = _colour_run(plate_columns[:a0][::-1]), _colour_run(plate_columns[b0:])
+    if on_left <= 1 and on_right <= 1:
         return quad
+    left, right = a0 - on_left, b0 + on_right
     ends = np.array([[[left, 0], [right, 0], [right, EXTENT_STRIP_H - 1], [left, EXTENT_STRIP_H - 1]]], np.float32)
     return cv2.perspectiveTransform(ends, np.linalg.inv(matrix))[0].astype(np.float32)
+
+
+def _colour_run(columns: np.ndarray) -> int:
+    """How many of `columns` (flags, outwards from a quad's end) the plate's colour goes
+    on for: up to its last flagged column reached in steps of at most EXTENT_GAP;
+    0 when it goes on to the last column: that is not the plate's (a car body), the side stays."""
+    flagged = np.flatnonzero(columns)
+    breaks = np.flatnonzero(np.diff(flagged, prepend=-1) > EXTENT_GAP)
+    reached = flagged[:breaks[0]] if len(breaks) else flagged
+    run = int(reached[-1]) + 1 if len(reached) else 0
+    return 0 if run == len(columns) else run
 
 
 def _stroke_mask(gray: np.ndarray, close_w: int) -> np.ndarray:
@@ -351,11 +352,15 @@ def _expand(quad: np.ndarray, fx: float, fy: float) -> np.ndarray:
 
 def rectify(frame: np.ndarray, corners: np.ndarray, size: tuple[int, int] = CROP_SIZE) -> np.ndarray:
     """Warp the quad `corners` (TL TR BR BL) of `frame` to a flat size[0] x size[1] crop."""
+    return _warp_flat(frame, corners, size, cv2.BORDER_REPLICATE)[0]
+
+
+def _warp_flat(frame: np.ndarray, corners: np.ndarray, size: tuple[int, int], border: int):
+    """(the quad `corners` warped to a flat size[0] x size[1] image, the warp's matrix)."""
     w, h = size
     target = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
     matrix = cv2.getPerspectiveTransform(np.asarray(corners, np.float32), target)
-    return cv2.warpPerspective(frame, matrix, (w, h), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpPerspective(frame, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=border), matrix
 
 
 _SMOOTH = np.ones(3) / 3
@@ -482,7 +487,7 @@ def _suppress(candidates: list[Detection], keep: int, iou: float = 0.3) -> list[
     part (glare on its right half) scores as well as the whole of it."""
     inner = {id(c) for c in candidates for o in candidates
              if o is not c and c.color_hint in ("white", "black", "")
-             and o.color_hint in ("blue", "yellow", "green") and _contains(o.box, c.box)
+             and o.color_hint in SATURATED and _contains(o.box, c.box)
              and o.score >= c.score - 0.2}
     candidates = [c for c in candidates if id(c) not in inner]
     chosen: list[Detection] = []
@@ -512,7 +517,7 @@ def estimate_color(crop: np.ndarray) -> str:
     h, w = hsv.shape[:2]
     band = hsv[h // 8: h - h // 8, w // 10: w - w // 10].reshape(-1, 3)
     shares = {}
-    for name in ("blue", "yellow", "green"):
+    for name in SATURATED:
         h_lo, h_hi, s_lo, s_hi, v_lo, v_hi = COLOR_RANGES[name]
         inside = ((band[:, 0] >= h_lo) & (band[:, 0] <= h_hi) & (band[:, 1] >= s_lo - 20)
                   & (band[:, 2] >= v_lo))
