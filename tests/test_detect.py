@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.plates.detect import (EXTENT_GAP, Detection, Detector, _colour_run, _plate_shaped, _suppress, box_iou,
-                                 extend_to_colour, order_corners, rectify)
+from agent.plates.detect import (EXTENT_GAP, Detection, Detector, _colour_run, _longest_run, _plate_shaped,
+                                 _suppress, _text_rows, box_iou, extend_to_colour, order_corners, rectify)
 from tests.conftest import need_plates
 
 
@@ -198,16 +198,24 @@ def test_a_plate_inside_a_much_larger_region_of_its_colour_is_kept():
     assert _suppress([rim, plate], 3) == [rim]
 
 
-def test_a_plate_whose_character_bars_line_up_is_found_at_its_own_size():
-    # The middle bars of Z, 5, 7 and J line up: a row nearly all ink across the
-    # characters. It used to cut the text block in two, the plate proper scored below
-    # a box twice its size around the plate and the bumper, and that box was chosen.
+@pytest.mark.parametrize("prefix", ["0206178160919-", "0130387931034-88_83-"])
+def test_a_plate_whose_character_bars_line_up_is_found_at_its_own_size(prefix):
+    # The middle bars of Z, 5, 7 and J (of 9, 3, 1, Y in a blurred 皖A931Y9) line up:
+    # a row or three nearly all ink across the characters. They used to cut the text
+    # block in two, the plate proper scored below a box twice its size around the
+    # plate and the bumper, and that box was chosen.
     folder = need_plates() / "ccpd_samples_zhijucen"
     with open(folder / "labels.csv", encoding="utf-8") as f:
-        row = next(r for r in csv.DictReader(f) if r["file"].startswith("0206178160919-"))
+        row = next(r for r in csv.DictReader(f) if r["file"].startswith(prefix))
     truth = tuple(int(row[k]) for k in ("x1", "y1", "x2", "y2"))
     found = Detector().detect(cv2.imread(str(folder / row["file"])))
     assert found and box_iou(found[0].box, truth) >= 0.7, [d.box for d in found]
+
+
+def test_a_short_solid_band_between_text_rows_is_text():
+    text, solid, margin = [0.6] * 11, [0.9] * 3, [0.0] * 5
+    assert _longest_run(_text_rows(np.array(margin + text + solid + text + margin))) == 25
+    assert _longest_run(_text_rows(np.array(margin + text + [0.9] * 6 + text + margin))) == 11
 
 
 def test_of_two_candidates_scored_alike_the_larger_is_the_plate():
