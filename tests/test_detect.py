@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.plates.detect import (EXTENT_GAP, Detection, Detector, _colour_run, _longest_run, _plate_shaped,
-                                 _suppress, _text_rows, box_iou, extend_to_colour, order_corners, rectify)
+from agent.plates.detect import (EXTENT_GAP, Detection, Detector, _colour_run, _expand, _longest, _plate_shaped,
+                                 _suppress, _text_rows, box_iou, extend_to_colour, fit_to_text, order_corners,
+                                 rectify)
 from tests.conftest import need_plates
 
 
@@ -44,6 +45,18 @@ def tilted_corners(cx, cy, width, angle_deg, aspect=440 / 140):
     down = np.array([-np.sin(a), np.cos(a)]) * width / aspect / 2
     c = np.array([cx, cy])
     return np.float32([c - along - down, c + along - down, c + along + down, c - along + down])
+
+
+def real_scene(folder: str, prefix: str):
+    """(image, labelled row) of the shared CCPD scene whose file name starts with `prefix`."""
+    path = need_plates() / folder
+    with open(path / "labels.csv", encoding="utf-8") as f:
+        row = next(r for r in csv.DictReader(f) if r["file"].startswith(prefix))
+    return cv2.imread(str(path / row["file"])), row
+
+
+def labelled_box(row) -> tuple[int, ...]:
+    return tuple(int(row[k]) for k in ("x1", "y1", "x2", "y2"))
 
 
 def _axis_box(corners):
@@ -204,18 +217,15 @@ def test_a_plate_whose_character_bars_line_up_is_found_at_its_own_size(prefix):
     # a row or three nearly all ink across the characters. They used to cut the text
     # block in two, the plate proper scored below a box twice its size around the
     # plate and the bumper, and that box was chosen.
-    folder = need_plates() / "ccpd_samples_zhijucen"
-    with open(folder / "labels.csv", encoding="utf-8") as f:
-        row = next(r for r in csv.DictReader(f) if r["file"].startswith(prefix))
-    truth = tuple(int(row[k]) for k in ("x1", "y1", "x2", "y2"))
-    found = Detector().detect(cv2.imread(str(folder / row["file"])))
-    assert found and box_iou(found[0].box, truth) >= 0.7, [d.box for d in found]
+    image, row = real_scene("ccpd_samples_zhijucen", prefix)
+    found = Detector().detect(image)
+    assert found and box_iou(found[0].box, labelled_box(row)) >= 0.7, [d.box for d in found]
 
 
 def test_a_short_solid_band_between_text_rows_is_text():
     text, solid, margin = [0.6] * 11, [0.9] * 3, [0.0] * 5
-    assert _longest_run(_text_rows(np.array(margin + text + solid + text + margin))) == 25
-    assert _longest_run(_text_rows(np.array(margin + text + [0.9] * 6 + text + margin))) == 11
+    assert _longest(_text_rows(np.array(margin + text + solid + text + margin))) == (5, 30)
+    assert _longest(_text_rows(np.array(margin + text + [0.9] * 6 + text + margin))) == (5, 16)
 
 
 def test_of_two_candidates_scored_alike_the_larger_is_the_plate():
@@ -270,11 +280,32 @@ def test_a_double_row_plate_is_not_lengthened():
 def test_a_close_plate_whose_province_the_colour_region_left_out_is_found_whole():
     # The white characters of a close plate cut its blue into pieces; the region found
     # was the five on the right, and the plate was read without 皖A.
-    folder = need_plates() / "ccpd_subdataset_julienkolani"
-    with open(folder / "labels.csv", encoding="utf-8") as f:
-        row = next(r for r in csv.DictReader(f) if r["file"].startswith("033748802682-"))
+    image, row = real_scene("ccpd_subdataset_julienkolani", "033748802682-")
     vertices = order_corners(np.float32([p.split("&") for p in row["vertices"].split("_")]))
     width = np.linalg.norm(vertices[1] - vertices[0])
-    found = Detector().detect(cv2.imread(str(folder / row["file"])))
+    found = Detector().detect(image)
     best = min(found, key=lambda d: np.abs(d.corners - vertices).max())
     assert np.abs(best.corners - vertices).max() <= 0.1 * width, best.corners.tolist()
+
+
+def test_a_candidate_its_text_fills_is_not_fitted_and_one_twice_its_size_is_cut_to_the_plate():
+    size = (136, 36)
+    plate = np.float32([[100, 200], [540, 200], [540, 340], [100, 340]])   # 440 x 140, GA 36
+    text = (int(136 * 0.04), int(36 * 0.18), int(136 * 0.96), int(36 * 0.82))
+    assert fit_to_text(plate, text, size) is plate
+    car_front = _expand(plate, 0.5, 1.0)                  # 880 x 420 around it: x -120..760, y 60..480
+    # its text (405 x 90 of 440 x 140) in the car front's 136 x 36 crop: x 118..522 -> 36.5..99.3, y 225..315 -> 14.1..21.9
+    text_in_car = (37, 14, 99, 22)
+    fitted = fit_to_text(car_front, text_in_car, size)
+    assert np.abs(fitted - plate).max() <= 0.06 * 440, fitted.tolist()
+
+
+@pytest.mark.parametrize("folder,prefix", [("ccpd_subdataset_julienkolani", "0534099616858-"),
+                                           ("ccpd_samples_zhijucen", "00723180076628-")])
+def test_a_plate_joined_to_a_bumper_of_its_colour_is_found_at_its_own_size(folder, prefix):
+    # 皖AEN259 and 皖AY766D on silver cars a cold white balance turns blue: the colour
+    # region was the plate and the bumper, and the plate's text inside it passed.
+    image, row = real_scene(folder, prefix)
+    found = Detector().detect(image)
+    assert found and max(box_iou(d.box, labelled_box(row)) for d in found) >= 0.5, [d.box for d in found]
+

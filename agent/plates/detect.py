@@ -13,10 +13,13 @@ without a neural runtime:
 3. Verification. The candidate is warped to a flat crop and scored on what a
    plate has and a grille or a sign has not: a row of 5-9 character-sized
    blobs of even height on a uniform background, and the background colour.
-4. Extent. A blue, yellow or green candidate that passes is lengthened along
+4. Fit. A candidate whose text fills only part of it (a colour region that
+   joined the plate to a bumper of a like colour) is cut down to its text grown
+   to a plate's proportions, if that scores as well.
+5. Extent. A blue, yellow or green candidate that passes is lengthened along
    its axis to where its background colour ends (close up, the characters cut
    the colour into pieces and a run of some of them is a plate cut short).
-5. Overlapping candidates are merged (non-maximum suppression); at most
+6. Overlapping candidates are merged (non-maximum suppression); at most
    `max_plates` are returned, best first.
 
 Corners are ordered top-left, top-right, bottom-right, bottom-left in frame
@@ -54,6 +57,11 @@ MAX_PLATE_ASPECT = 4.8
 EXTENT_STRIP_H = 16    # rows of the strip the extent is measured on
 EXTENT_GAP = 3         # columns without colour (of EXTENT_STRIP_H-high ones) that end the plate
 EXTENT_SHADE = 0.6     # share of the plate's own saturation and value its colour must keep
+# GA 36: a single-row plate's characters are 90 of its 140 mm high and span about 92 % of its width.
+TEXT_HEIGHT_SHARE = 90 / 140
+TEXT_WIDTH_SHARE = 0.92
+# A candidate whose text spans less than these shares of its width or height is fitted to its text.
+FIT_WIDTH, FIT_HEIGHT = 0.8, 0.5
 # Plate backgrounds of a hue of their own (white and black ones are everywhere: walls, tyres).
 SATURATED = ("blue", "yellow", "green")
 # Extra saturation/value added for the stricter passes of each saturated colour.
@@ -70,6 +78,8 @@ class Detection:
     color_hint: str = ""
     """Background colour that proposed it ('' when found by stroke density)."""
     crop: np.ndarray | None = field(default=None, repr=False)
+    block: tuple[int, int, int, int] | None = field(default=None, repr=False)
+    """Where the text is in `crop`: (x1, y1, x2, y2)."""
 
     @property
     def width(self) -> int:
@@ -156,10 +166,16 @@ class Detector:
     # --- verification -----------------------------------------------------------------
 
     def _verify(self, frame: np.ndarray, quad: np.ndarray, hint: str) -> Detection | None:
-        """The candidate scored, lengthened to its colour's end if it passes (extend_to_colour)."""
+        """The candidate scored; if it passes, fitted to its text (fit_to_text) and
+        lengthened to its colour's end (extend_to_colour)."""
         candidate = self._scored(frame, quad, hint)
         if candidate is None or hint not in SATURATED:
             return candidate
+        fitted = fit_to_text(quad, candidate.block, self.crop_size)
+        if fitted is not quad:
+            tight = self._scored(frame, fitted, hint)
+            if tight is not None and tight.score >= candidate.score:
+                candidate, quad = tight, fitted
         longer = extend_to_colour(frame, quad, hint)
         if longer is quad:
             return candidate
@@ -167,7 +183,7 @@ class Detector:
 
     def _scored(self, frame: np.ndarray, quad: np.ndarray, hint: str) -> Detection | None:
         crop = rectify(frame, quad, self.crop_size)
-        texture = character_score(crop)
+        texture, block = text_layout(crop)
         if texture <= 0:
             return None
         colour = background_fraction(crop, hint) if hint else 0.0
@@ -179,7 +195,7 @@ class Detector:
         xs, ys = quad[:, 0], quad[:, 1]
         h, w = frame.shape[:2]
         box = (int(max(0, xs.min())), int(max(0, ys.min())), int(min(w, xs.max())), int(min(h, ys.max())))
-        return Detection(box=box, corners=quad, score=round(float(score), 3), color_hint=hint, crop=crop)
+        return Detection(box=box, corners=quad, score=round(float(score), 3), color_hint=hint, crop=crop, block=block)
 
 
 def extend_to_colour(frame: np.ndarray, quad: np.ndarray, color: str) -> np.ndarray:
@@ -220,6 +236,31 @@ def extend_to_colour(frame: np.ndarray, quad: np.ndarray, color: str) -> np.ndar
     left, right = a0 - on_left, b0 + on_right
     ends = np.array([[[left, 0], [right, 0], [right, EXTENT_STRIP_H - 1], [left, EXTENT_STRIP_H - 1]]], np.float32)
     return cv2.perspectiveTransform(ends, np.linalg.inv(matrix))[0].astype(np.float32)
+
+
+def fit_to_text(quad: np.ndarray, block: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
+    """The quad cut down to the plate its text `block` (x1, y1, x2, y2 in the quad's
+    rectified crop of `size`) belongs to, or the quad itself when the text fills it.
+
+    A colour region can join a plate to a car body or a bumper of a like colour (a
+    blue car; a silver one that a cold white balance turns blue). The plate's text
+    inside still passes verification, but the box is the size of the car's front.
+    Where the text spans less than FIT_WIDTH of the crop's width or FIT_HEIGHT of
+    its height, that side is cut to the text grown to a plate's proportions (GA 36)."""
+    w, h = size
+    x1, y1, x2, y2 = block
+    narrow, low = x2 - x1 < FIT_WIDTH * w, y2 - y1 < FIT_HEIGHT * h
+    if not (narrow or low):
+        return quad
+    half_w = min(w, (x2 - x1) / TEXT_WIDTH_SHARE) / 2 if narrow else w / 2
+    half_h = min(h, (y2 - y1) / TEXT_HEIGHT_SHARE) / 2 if low else h / 2
+    cx = (x1 + x2) / 2 if narrow else w / 2
+    cy = (y1 + y2) / 2 if low else h / 2
+    plate = np.float32([[[cx - half_w, cy - half_h], [cx + half_w, cy - half_h],
+                         [cx + half_w, cy + half_h], [cx - half_w, cy + half_h]]])
+    target = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
+    matrix = cv2.getPerspectiveTransform(np.asarray(quad, np.float32), target)
+    return cv2.perspectiveTransform(plate, np.linalg.inv(matrix))[0].astype(np.float32)
 
 
 def _colour_run(columns: np.ndarray) -> int:
@@ -366,8 +407,9 @@ def _warp_flat(frame: np.ndarray, corners: np.ndarray, size: tuple[int, int], bo
 _SMOOTH = np.ones(3) / 3
 
 
-def character_score(crop: np.ndarray) -> float:
-    """0..1: how much the crop looks like a row of 5-9 plate characters.
+def text_layout(crop: np.ndarray) -> tuple[float, tuple[int, int, int, int] | None]:
+    """(0..1: how much the crop looks like a row of 5-9 plate characters, the block of
+    text (x1, y1, x2, y2) in crop pixels, None when it scores 0).
 
     Works on projections, which survive characters touching the plate's rim:
     the middle band is binarised (Otsu) and both polarities tried (light on
@@ -382,14 +424,15 @@ def character_score(crop: np.ndarray) -> float:
     """
     gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
     h, w = gray.shape
-    inner = gray[:, w // 25: w - w // 25]
+    margin = w // 25
+    inner = gray[:, margin: w - margin]
     b0, b1 = int(h * 0.3), int(h * 0.7)
     band = inner[b0:b1]
     if band.size == 0:
-        return 0.0
+        return 0.0, None
     _, std = cv2.meanStdDev(band)
     if float(std[0, 0]) < 12:
-        return 0.0
+        return 0.0, None
     level, _ = cv2.threshold(band, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     light = inner > level
     light_band = light[b0:b1]
@@ -397,7 +440,7 @@ def character_score(crop: np.ndarray) -> float:
     light_counts = light_band.sum(axis=0)
     light_total = int(light_counts.sum())
     iw = inner.shape[1]
-    best = 0.0
+    best, block = 0.0, None
     for light_ink in (True, False):
         share = (light_total if light_ink else light_band.size - light_total) / light_band.size
         if not 0.12 <= share <= 0.6:
@@ -411,14 +454,17 @@ def character_score(crop: np.ndarray) -> float:
         n = int(np.count_nonzero(character_sized))
         if n < 4:
             continue
-        spread = (ends[character_sized][-1] - starts[character_sized][0]) / iw
+        first, last = starts[character_sized][0], ends[character_sized][-1]
+        spread = (last - first) / iw
         count_score = 1.0 if 5 <= n <= 12 else (0.6 if n in (4, 13, 14) else 0.2)
         ncol = int(columns.sum())
         light_rows = light[:, columns].sum(axis=1)
         rows = (light_rows if light_ink else ncol - light_rows) / ncol
-        text_rows = _longest_run(_text_rows(rows)) / h
-        best = max(best, count_score * min(1.0, spread / 0.7) * min(1.0, text_rows / 0.5))
-    return best
+        top, bottom = _longest(_text_rows(rows))
+        score = count_score * min(1.0, spread / 0.7) * min(1.0, (bottom - top) / h / 0.5)
+        if score > best:
+            best, block = score, (int(first) + margin, top, int(last) + margin, bottom)
+    return best, block
 
 
 def _p95(values: np.ndarray) -> float:
@@ -438,9 +484,13 @@ def _runs(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return edges[::2], edges[1::2]
 
 
-def _longest_run(flags: np.ndarray) -> int:
+def _longest(flags: np.ndarray) -> tuple[int, int]:
+    """Start and end (exclusive) of the longest run of True; (0, 0) when there is none."""
     starts, ends = _runs(flags)
-    return int((ends - starts).max()) if len(starts) else 0
+    if not len(starts):
+        return 0, 0
+    i = int((ends - starts).argmax())
+    return int(starts[i]), int(ends[i])
 
 
 def _text_rows(rows: np.ndarray) -> np.ndarray:
