@@ -414,10 +414,10 @@ def text_layout(crop: np.ndarray) -> tuple[float, tuple[int, int, int, int] | No
     Works on projections, which survive characters touching the plate's rim:
     the middle band is binarised (Otsu) and both polarities tried (light on
     dark: blue, black; dark on light: yellow, white, green). A plate shows
-    5-12 ink runs across the band (a province character may split), evenly
-    spread over most of the width, and a block of text rows covering about
-    half the height or more. Grilles (one long run), bricks and foliage (no
-    text rows block) fail.
+    5-14 ink runs across the band (a province character may split, a 0 or a C
+    shows two sides), evenly spread over most of the width, and a block of
+    text rows covering about half the height or more. Grilles (one long run),
+    bricks and foliage (no text rows block) fail.
 
     Runs on every proposal (~25 a frame): the dark polarity is counted as the
     complement of the light one, in whole pixel counts so both stay exact.
@@ -456,7 +456,7 @@ def text_layout(crop: np.ndarray) -> tuple[float, tuple[int, int, int, int] | No
             continue
         first, last = starts[character_sized][0], ends[character_sized][-1]
         spread = (last - first) / iw
-        count_score = 1.0 if 5 <= n <= 12 else (0.6 if n in (4, 13, 14) else 0.2)
+        count_score = 1.0 if 5 <= n <= 14 else (0.6 if n in (4, 15, 16) else 0.2)
         ncol = int(columns.sum())
         light_rows = light[:, columns].sum(axis=1)
         rows = (light_rows if light_ink else ncol - light_rows) / ncol
