@@ -478,9 +478,9 @@ def _p95(values: np.ndarray) -> float:
 
 def _runs(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Starts and ends (exclusive) of the runs of True, as two arrays."""
-    padded = np.zeros(len(flags) + 2, np.int8)
+    padded = np.zeros(len(flags) + 2, bool)
     padded[1:-1] = flags
-    edges = np.flatnonzero(np.diff(padded))
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
     return edges[::2], edges[1::2]
 
 

@@ -45,7 +45,7 @@ class PlateResult:
 PARTIAL_MIN_CHARS = 5
 PARTIAL_MIN_CONFIDENCE = 0.2
 # Candidates read beyond the detector's max_plates: a real plate ranked below signs gets its chance.
-SPARE_CANDIDATES = 2
+SPARE_CANDIDATES = 1
 
 
 def read_plates(image: np.ndarray, detector: Detector, reader=None, roi=None) -> list[PlateResult]:
