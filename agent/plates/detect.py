@@ -13,9 +13,9 @@ without a neural runtime:
 3. Verification. The candidate is warped to a flat crop and scored on what a
    plate has and a grille or a sign has not: a row of 5-9 character-sized
    blobs of even height on a uniform background, and the background colour.
-4. Fit. A candidate whose text fills only part of it (a colour region that
-   joined the plate to a bumper of a like colour) is cut down to its text grown
-   to a plate's proportions, if that scores as well.
+4. Fit. A candidate whose text spans only part of its width (a colour region
+   that joined the plate to a bumper of a like colour) is cut down to its
+   text's width grown to a plate's, if that scores about as well.
 5. Extent. A blue, yellow or green candidate that passes is lengthened along
    its axis to where its background colour ends (close up, the characters cut
    the colour into pieces and a run of some of them is a plate cut short).
@@ -57,11 +57,11 @@ MAX_PLATE_ASPECT = 4.8
 EXTENT_STRIP_H = 16    # rows of the strip the extent is measured on
 EXTENT_GAP = 3         # columns without colour (of EXTENT_STRIP_H-high ones) that end the plate
 EXTENT_SHADE = 0.6     # share of the plate's own saturation and value its colour must keep
-# GA 36: a single-row plate's characters are 90 of its 140 mm high and span about 92 % of its width.
-TEXT_HEIGHT_SHARE = 90 / 140
+# GA 36: a single-row plate's characters span about 92 % of its width.
 TEXT_WIDTH_SHARE = 0.92
-# A candidate whose text spans less than these shares of its width or height is fitted to its text.
-FIT_WIDTH, FIT_HEIGHT = 0.8, 0.5
+# A candidate whose text spans less than this share of its width is fitted to its text, and
+# kept fitted if it scores within FIT_SLACK of the whole (a few columns of colour fewer).
+FIT_WIDTH, FIT_SLACK = 0.8, 0.02
 # Plate backgrounds of a hue of their own (white and black ones are everywhere: walls, tyres).
 SATURATED = ("blue", "yellow", "green")
 # Extra saturation/value added for the stricter passes of each saturated colour.
@@ -174,7 +174,7 @@ class Detector:
         fitted = fit_to_text(quad, candidate.block, self.crop_size)
         if fitted is not quad:
             tight = self._scored(frame, fitted, hint)
-            if tight is not None and tight.score >= candidate.score:
+            if tight is not None and tight.score >= candidate.score - FIT_SLACK:
                 candidate, quad = tight, fitted
         longer = extend_to_colour(frame, quad, hint)
         if longer is quad:
@@ -239,25 +239,21 @@ def extend_to_colour(frame: np.ndarray, quad: np.ndarray, color: str) -> np.ndar
 
 
 def fit_to_text(quad: np.ndarray, block: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
-    """The quad cut down to the plate its text `block` (x1, y1, x2, y2 in the quad's
-    rectified crop of `size`) belongs to, or the quad itself when the text fills it.
+    """The quad cut down to the width of the plate its text `block` (x1, y1, x2, y2 in
+    the quad's rectified crop of `size`) belongs to, or the quad itself when the text
+    spans FIT_WIDTH of it or more.
 
-    A colour region can join a plate to a car body or a bumper of a like colour (a
-    blue car; a silver one that a cold white balance turns blue). The plate's text
-    inside still passes verification, but the box is the size of the car's front.
-    Where the text spans less than FIT_WIDTH of the crop's width or FIT_HEIGHT of
-    its height, that side is cut to the text grown to a plate's proportions (GA 36)."""
+    A colour region can join a plate to a bumper of a like colour (a silver one that
+    a cold white balance turns blue). The plate's text inside still passes
+    verification, but the box is the width of the car's front. Only the width is
+    fitted: the text rows block of bold or blurred characters can stop short of
+    their height, and a plate cut to it read worse (synthetic frames)."""
     w, h = size
-    x1, y1, x2, y2 = block
-    narrow, low = x2 - x1 < FIT_WIDTH * w, y2 - y1 < FIT_HEIGHT * h
-    if not (narrow or low):
+    x1, x2 = block[0], block[2]
+    if x2 - x1 >= FIT_WIDTH * w:
         return quad
-    half_w = min(w, (x2 - x1) / TEXT_WIDTH_SHARE) / 2 if narrow else w / 2
-    half_h = min(h, (y2 - y1) / TEXT_HEIGHT_SHARE) / 2 if low else h / 2
-    cx = (x1 + x2) / 2 if narrow else w / 2
-    cy = (y1 + y2) / 2 if low else h / 2
-    plate = np.float32([[[cx - half_w, cy - half_h], [cx + half_w, cy - half_h],
-                         [cx + half_w, cy + half_h], [cx - half_w, cy + half_h]]])
+    cx, half_w = (x1 + x2) / 2, min(w, (x2 - x1) / TEXT_WIDTH_SHARE) / 2
+    plate = np.float32([[[cx - half_w, 0], [cx + half_w, 0], [cx + half_w, h - 1], [cx - half_w, h - 1]]])
     target = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
     matrix = cv2.getPerspectiveTransform(np.asarray(quad, np.float32), target)
     return cv2.perspectiveTransform(plate, np.linalg.inv(matrix))[0].astype(np.float32)
