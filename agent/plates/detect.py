@@ -235,7 +235,7 @@ def extend_to_colour(frame: np.ndarray, quad: np.ndarray, color: str) -> np.ndar
         return quad
     left, right = a0 - on_left, b0 + on_right
     ends = np.array([[[left, 0], [right, 0], [right, EXTENT_STRIP_H - 1], [left, EXTENT_STRIP_H - 1]]], np.float32)
-    return cv2.perspectiveTransform(ends, np.linalg.inv(matrix))[0].astype(np.float32)
+    return _unflatten(ends, matrix)
 
 
 def fit_to_text(quad: np.ndarray, block: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
@@ -254,9 +254,7 @@ def fit_to_text(quad: np.ndarray, block: tuple[int, int, int, int], size: tuple[
         return quad
     cx, half_w = (x1 + x2) / 2, min(w, (x2 - x1) / TEXT_WIDTH_SHARE) / 2
     plate = np.float32([[[cx - half_w, 0], [cx + half_w, 0], [cx + half_w, h - 1], [cx - half_w, h - 1]]])
-    target = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
-    matrix = cv2.getPerspectiveTransform(np.asarray(quad, np.float32), target)
-    return cv2.perspectiveTransform(plate, np.linalg.inv(matrix))[0].astype(np.float32)
+    return _unflatten(plate, _flattening(quad, size))
 
 
 def _colour_run(columns: np.ndarray) -> int:
@@ -394,10 +392,20 @@ def rectify(frame: np.ndarray, corners: np.ndarray, size: tuple[int, int] = CROP
 
 def _warp_flat(frame: np.ndarray, corners: np.ndarray, size: tuple[int, int], border: int):
     """(the quad `corners` warped to a flat size[0] x size[1] image, the warp's matrix)."""
+    matrix = _flattening(corners, size)
+    return cv2.warpPerspective(frame, matrix, size, flags=cv2.INTER_LINEAR, borderMode=border), matrix
+
+
+def _flattening(corners: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The perspective matrix taking the quad `corners` (TL TR BR BL) to a flat size[0] x size[1] image."""
     w, h = size
     target = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
-    matrix = cv2.getPerspectiveTransform(np.asarray(corners, np.float32), target)
-    return cv2.warpPerspective(frame, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=border), matrix
+    return cv2.getPerspectiveTransform(np.asarray(corners, np.float32), target)
+
+
+def _unflatten(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Points (1 x N x 2) of a flat image made with `matrix`, back in frame pixels (N x 2)."""
+    return cv2.perspectiveTransform(points, np.linalg.inv(matrix))[0].astype(np.float32)
 
 
 _SMOOTH = np.ones(3) / 3
