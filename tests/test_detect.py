@@ -142,9 +142,8 @@ def test_locates_plates_in_real_ccpd_scenes():
     located = 0
     for row in sample:
         image = cv2.imread(str(row["path"]))
-        truth = tuple(int(row[k]) for k in ("x1", "y1", "x2", "y2"))
         found = detector.detect(image)
-        located += any(box_iou(d.box, truth) >= 0.5 for d in found)
+        located += any(box_iou(d.box, labelled_box(row)) >= 0.5 for d in found)
     rate = located / len(sample)
     assert rate >= 0.85, f"located {located}/{len(sample)}"
 

@@ -166,20 +166,24 @@ class Detector:
     # --- verification -----------------------------------------------------------------
 
     def _verify(self, frame: np.ndarray, quad: np.ndarray, hint: str) -> Detection | None:
-        """The candidate scored; if it passes, fitted to its text (fit_to_text) and
-        lengthened to its colour's end (extend_to_colour)."""
+        """The candidate scored; if it passes, fitted to its text (fit_to_text, kept if it
+        scores within FIT_SLACK) and lengthened to its colour's end (extend_to_colour,
+        kept if it still passes)."""
         candidate = self._scored(frame, quad, hint)
         if candidate is None or hint not in SATURATED:
             return candidate
-        fitted = fit_to_text(quad, candidate.block, self.crop_size)
-        if fitted is not quad:
-            tight = self._scored(frame, fitted, hint)
-            if tight is not None and tight.score >= candidate.score - FIT_SLACK:
-                candidate, quad = tight, fitted
-        longer = extend_to_colour(frame, quad, hint)
-        if longer is quad:
+        candidate = self._reshaped(frame, candidate, fit_to_text(quad, candidate.block, self.crop_size),
+                                   FIT_SLACK)
+        return self._reshaped(frame, candidate, extend_to_colour(frame, candidate.corners, hint),
+                              float("inf"))
+
+    def _reshaped(self, frame: np.ndarray, candidate: Detection, quad: np.ndarray,
+                  slack: float) -> Detection:
+        """The candidate at `quad` instead, if it scores within `slack` of the candidate."""
+        if quad is candidate.corners:
             return candidate
-        return self._scored(frame, longer, hint) or candidate
+        other = self._scored(frame, quad, candidate.color_hint)
+        return other if other is not None and other.score >= candidate.score - slack else candidate
 
     def _scored(self, frame: np.ndarray, quad: np.ndarray, hint: str) -> Detection | None:
         crop = rectify(frame, quad, self.crop_size)
