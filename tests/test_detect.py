@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.plates.detect import (EXTENT_GAP, Detection, Detector, _colour_run, _expand, _longest, _plate_shaped,
+from agent.plates.detect import (EXTENT_GAP, Detection, Detector, _colour_run, _enclosing, _expand, _longest,
+                                 _plate_shaped,
                                  _suppress, _text_rows, box_iou, extend_to_colour, fit_to_text, order_corners,
                                  rectify)
 from tests.conftest import need_plates
@@ -73,7 +74,8 @@ def test_drawn_plate_found_with_its_corners(angle, width):
     assert box_iou(best.box, _axis_box(corners)) >= 0.6
     # each corner within a quarter of the plate's height of the truth
     assert np.abs(best.corners - corners).max() <= 0.25 * width / (440 / 140) + 4
-    assert best.crop.shape[:2] == (36, 136)
+    assert best.crop.shape == (36, 136, 3)  # BGR, as the recogniser reads it
+    assert np.array_equal(best.crop, rectify(scene_with(drawn_plate(), corners), best.corners))
 
 
 @pytest.mark.parametrize("bg,ink,name", [((0, 200, 230), (20, 20, 20), "yellow"),
@@ -196,6 +198,22 @@ def test_a_close_plate_on_a_car_of_its_colour_is_found_by_its_strokes(monkeypatc
     assert any(box_iou(d.box, truth) >= 0.6 for d in Detector().detect(frame))
     monkeypatch.setattr("agent.plates.detect.LARGE_PLATE_WIDTH", 10 ** 6)
     assert not any(box_iou(d.box, truth) >= 0.5 for d in Detector().detect(frame))
+
+
+def test_a_plate_on_a_paler_car_of_its_hue_is_split_from_it_by_the_stricter_range():
+    scene = np.full((720, 1280, 3), 90, np.uint8)
+    cv2.rectangle(scene, (700, 150), (1200, 650), (150, 120, 100), -1)   # pale blue: S 85, in the loose range
+    corners = tilted_corners(950, 560, 200, 0)
+    frame = scene_with(drawn_plate(), corners, scene=scene)
+    found = Detector(strokes=False).detect(frame)
+    assert found and found[0].color_hint == "blue"
+    assert box_iou(found[0].box, _axis_box(corners)) >= 0.6
+
+
+def test_the_stricter_range_looks_in_a_padded_window_around_the_misfits():
+    misfits = [(100, 50, 40, 20), (300, 10, 10, 10)]   # x, y, w, h in a window at (20, 30)
+    assert _enclosing(misfits, 5, (20, 30), (480, 640, 3)) == (115, 35, 335, 105)
+    assert _enclosing([(0, 0, 700, 500)], 5, (0, 0), (480, 640, 3)) == (0, 0, 640, 480)
 
 
 def test_a_plate_inside_a_much_larger_region_of_its_colour_is_kept():
