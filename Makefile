@@ -1,6 +1,7 @@
 # gate-agent: `make demo` shows the gate working; `make test` installs everything and tests it.
 PYTHON ?= python3
 VENV ?= .venv
+NEED_GB ?= 8
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -18,6 +19,7 @@ system-deps:
 	@bash .ci/system-deps.sh
 
 $(STAMP): pyproject.toml
+	@test -d $(VENV) || bash .ci/check-space.sh $(dir $(abspath $(VENV))) $(NEED_GB)
 	@test -d $(VENV) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,easyocr]'
