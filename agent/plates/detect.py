@@ -122,11 +122,11 @@ class Detector:
             if scale < 1.0 else frame_roi
         # each candidate is warped flat two or three times: OpenCV warps four channels
         # twice as fast as three, which pays for converting the frame once
-        frame4 = cv2.cvtColor(frame, cv2.COLOR_BGR2BGRA)
+        bgra = cv2.cvtColor(frame, cv2.COLOR_BGR2BGRA)
         candidates = []
         for quad, hint in self._proposals(small, scale):
             quad = quad / scale + (ox, oy)
-            candidate = self._verify(frame4, quad.astype(np.float32), hint)
+            candidate = self._verify(bgra, quad.astype(np.float32), hint)
             if candidate is not None:
                 candidates.append(candidate)
         return _suppress(candidates, keep or self.max_plates)
@@ -174,28 +174,29 @@ class Detector:
 
     # --- verification -----------------------------------------------------------------
 
-    def _verify(self, frame: np.ndarray, quad: np.ndarray, hint: str) -> Detection | None:
-        """The candidate scored; if it passes, fitted to its text (fit_to_text, kept if it
+    def _verify(self, bgra: np.ndarray, quad: np.ndarray, hint: str) -> Detection | None:
+        """The candidate at `quad` of `bgra` (the frame with an alpha channel: see detect)
+        scored; if it passes, fitted to its text (fit_to_text, kept if it
         scores within FIT_SLACK) and lengthened to its colour's end (extend_to_colour,
         kept if it still passes)."""
-        candidate = self._scored(frame, quad, hint)
+        candidate = self._scored(bgra, quad, hint)
         if candidate is None or hint not in SATURATED:
             return candidate
-        candidate = self._reshaped(frame, candidate, fit_to_text(quad, candidate.block, self.crop_size),
+        candidate = self._reshaped(bgra, candidate, fit_to_text(quad, candidate.block, self.crop_size),
                                    FIT_SLACK)
-        return self._reshaped(frame, candidate, extend_to_colour(frame, candidate.corners, hint),
+        return self._reshaped(bgra, candidate, extend_to_colour(bgra, candidate.corners, hint),
                               float("inf"))
 
-    def _reshaped(self, frame: np.ndarray, candidate: Detection, quad: np.ndarray,
+    def _reshaped(self, bgra: np.ndarray, candidate: Detection, quad: np.ndarray,
                   slack: float) -> Detection:
         """The candidate at `quad` instead, if it scores within `slack` of the candidate."""
         if quad is candidate.corners:
             return candidate
-        other = self._scored(frame, quad, candidate.color_hint)
+        other = self._scored(bgra, quad, candidate.color_hint)
         return other if other is not None and other.score >= candidate.score - slack else candidate
 
-    def _scored(self, frame: np.ndarray, quad: np.ndarray, hint: str) -> Detection | None:
-        crop = rectify(frame, quad, self.crop_size)
+    def _scored(self, bgra: np.ndarray, quad: np.ndarray, hint: str) -> Detection | None:
+        crop = rectify(bgra, quad, self.crop_size)
         texture, block = text_layout(crop)
         # white and black backgrounds are everywhere: ask more of their characters
         penalty = 0.1 if hint in ("white", "black") else 0.0
@@ -206,11 +207,10 @@ class Detector:
         if score < self.min_score:
             return None
         xs, ys = quad[:, 0], quad[:, 1]
-        h, w = frame.shape[:2]
+        h, w = bgra.shape[:2]
         box = (int(max(0, xs.min())), int(max(0, ys.min())), int(min(w, xs.max())), int(min(h, ys.max())))
-        if crop.shape[2] == 4:
-            crop = cv2.cvtColor(crop, cv2.COLOR_BGRA2BGR)
-        return Detection(box=box, corners=quad, score=round(float(score), 3), color_hint=hint, crop=crop, block=block)
+        return Detection(box=box, corners=quad, score=round(float(score), 3), color_hint=hint,
+                         crop=cv2.cvtColor(crop, cv2.COLOR_BGRA2BGR), block=block)
 
 
 def extend_to_colour(frame: np.ndarray, quad: np.ndarray, color: str) -> np.ndarray:
@@ -415,7 +415,7 @@ def _expand(quad: np.ndarray, fx: float, fy: float) -> np.ndarray:
 
 
 def rectify(frame: np.ndarray, corners: np.ndarray, size: tuple[int, int] = CROP_SIZE) -> np.ndarray:
-    """Warp the quad `corners` (TL TR BR BL) of `frame` to a flat size[0] x size[1] crop."""
+    """Warp the quad `corners` (TL TR BR BL) of `frame` (BGR or BGRA) to a flat size[0] x size[1] crop."""
     return _warp_flat(frame, corners, size, cv2.BORDER_REPLICATE)[0]
 
 
@@ -441,7 +441,7 @@ _SMOOTH = np.ones(3) / 3
 
 
 def text_layout(crop: np.ndarray) -> tuple[float, tuple[int, int, int, int] | None]:
-    """(0..1: how much the crop looks like a row of 5-9 plate characters, the block of
+    """(0..1: how much the crop (BGR or BGRA) looks like a row of 5-9 plate characters, the block of
     text (x1, y1, x2, y2) in crop pixels, None when it scores 0).
 
     Works on projections, which survive characters touching the plate's rim:
