@@ -7,8 +7,7 @@
 set -euo pipefail
 dir=${1:?usage: check-space.sh DIR [NEED_GB]}
 need_gb=${2:-8}
-free_kb=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')
-mount=$(df -Pk "$dir" | awk 'NR == 2 {print $6}')
+read -r free_kb mount < <(df -Pk "$dir" | awk 'NR == 2 {print $4, $6}')
 if (( free_kb < need_gb * 1024 * 1024 )); then
     echo "error: the virtual environment needs about ${need_gb} GB free in ${dir}" \
          "(disk ${mount}), and only $(( free_kb / 1024 / 1024 )) GB are:" \

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from agent.plates.detect import (EXTENT_GAP, Detection, Detector, _colour_run, _enclosing, _expand, _longest,
-                                 _plate_shaped,
-                                 _suppress, _text_rows, box_iou, extend_to_colour, fit_to_text, order_corners,
-                                 rectify)
+                                 _plate_shaped, _suppress, _text_rows, box_iou, extend_to_colour, fit_to_text,
+                                 order_corners, rectify)
 from tests.conftest import need_plates
 
 
@@ -210,9 +209,9 @@ def test_a_plate_on_a_paler_car_of_its_hue_is_split_from_it_by_the_stricter_rang
     assert box_iou(found[0].box, _axis_box(corners)) >= 0.6
 
 
-def test_the_stricter_range_looks_in_a_padded_window_around_the_misfits():
-    misfits = [(100, 50, 40, 20), (300, 10, 10, 10)]   # x, y, w, h in a window at (20, 30)
-    assert _enclosing(misfits, 5, (20, 30), (480, 640, 3)) == (115, 35, 335, 105)
+def test_the_stricter_range_looks_in_a_padded_window_around_the_looser_ones_regions():
+    regions = [(100, 50, 40, 20), (300, 10, 10, 10)]   # x, y, w, h in a window at (20, 30)
+    assert _enclosing(regions, 5, (20, 30), (480, 640, 3)) == (115, 35, 335, 105)
     assert _enclosing([(0, 0, 700, 500)], 5, (0, 0), (480, 640, 3)) == (0, 0, 640, 480)
 
 

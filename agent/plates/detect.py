@@ -199,7 +199,7 @@ class Detector:
         crop = rectify(bgra, quad, self.crop_size)
         texture, block = text_layout(crop)
         # white and black backgrounds are everywhere: ask more of their characters
-        penalty = 0.1 if hint in ("white", "black") else 0.0
+        penalty = 0.1 if hint and hint not in SATURATED else 0.0
         if texture <= 0 or 0.7 * texture + (0.3 if hint else 0.0) - penalty < self.min_score:
             return None  # fails even with all of its colour: not worth measuring it
         colour = background_fraction(crop, hint) if hint else 0.0
