@@ -108,33 +108,38 @@ def ctc_decode(logits: np.ndarray, alphabet: str = ALPHABET) -> tuple[str, float
     probs = np.exp(z)
     probs /= probs.sum(axis=1, keepdims=True)
     best = probs.argmax(axis=1)
+    best_probs = probs[np.arange(len(best)), best].tolist()
     chars, confs, prev = [], [], 0
-    for t, k in enumerate(best):
+    for k, p in zip(best.tolist(), best_probs):
         if k != 0 and k != prev:
             chars.append(alphabet[k - 1])
-            confs.append(float(probs[t, k]))
+            confs.append(p)
         elif k != 0 and k == prev:
-            confs[-1] = max(confs[-1], float(probs[t, k]))
+            confs[-1] = max(confs[-1], p)
         prev = k
     conf = float(np.prod(confs)) if confs else 0.0
     return "".join(chars), conf, tuple(round(c, 4) for c in confs)
 
 
 # ----------------------------------------------------------------- colour
+# hue ranges [lo, hi) of the coloured backgrounds (OpenCV hue 0-180)
+HUES = {"yellow": (11, 35), "green": (35, 90), "blue": (90, 135)}
+
+
 def plate_color(crop: np.ndarray) -> str:
     """The plate's background colour name from its pixels: blue, yellow, green, white or black."""
     if crop is None or crop.ndim != 3 or crop.size == 0:
         raise ValueError("plate_color needs a BGR colour crop")
     h, w = crop.shape[:2]
     centre = crop[int(h * 0.15):max(int(h * 0.15) + 1, int(h * 0.85)), int(w * 0.08):max(int(w * 0.08) + 1, int(w * 0.92))]
-    hsv = cv2.cvtColor(np.ascontiguousarray(centre[..., :3]), cv2.COLOR_BGR2HSV).reshape(-1, 3).astype(np.int32)
-    hue, sat, val = hsv[:, 0], hsv[:, 1], hsv[:, 2]
-    coloured = (sat > 70) & (val > 45)
-    if coloured.mean() > 0.30:
-        votes = {"yellow": np.count_nonzero((hue >= 11) & (hue < 35) & coloured),
-                 "green": np.count_nonzero((hue >= 35) & (hue < 90) & coloured),
-                 "blue": np.count_nonzero((hue >= 90) & (hue < 135) & coloured)}
+    hsv = cv2.cvtColor(np.ascontiguousarray(centre[..., :3]), cv2.COLOR_BGR2HSV)
+    # hue from 0, saturation above 70, value above 45 (inRange bounds are inclusive)
+    coloured = cv2.countNonZero(cv2.inRange(hsv, (0, 71, 46), (255, 255, 255)))
+    if coloured / (hsv.shape[0] * hsv.shape[1]) > 0.30:
+        votes = {name: cv2.countNonZero(cv2.inRange(hsv, (lo, 71, 46), (hi - 1, 255, 255)))
+                 for name, (lo, hi) in HUES.items()}
         return max(votes, key=votes.get)
+    val = hsv[..., 2]
     return "white" if np.median(val) > 115 else "black"
 
 

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.plates.detect import (EXTENT_GAP, Detection, Detector, _colour_run, _enclosing, _expand, _longest,
-                                 _plate_shaped, _suppress, _text_rows, box_iou, extend_to_colour, fit_to_text,
-                                 order_corners, rectify)
+from agent.plates.detect import (COLOR_RANGES, EXTENT_GAP, STRICTER, Detection, Detector, _colour_run, _enclosing,
+                                 _expand, _in_range, _plate_shaped, _suppress, _text_block, box_iou, extend_to_colour,
+                                 fit_to_text, order_corners, rectify)
 from tests.conftest import need_plates
 
 
@@ -240,8 +240,26 @@ def test_a_plate_whose_character_bars_line_up_is_found_at_its_own_size(prefix):
 
 def test_a_short_solid_band_between_text_rows_is_text():
     text, solid, margin = [0.6] * 11, [0.9] * 3, [0.0] * 5
-    assert _longest(_text_rows(np.array(margin + text + solid + text + margin))) == (5, 30)
-    assert _longest(_text_rows(np.array(margin + text + [0.9] * 6 + text + margin))) == (5, 16)
+    assert _text_block(margin + text + solid + text + margin) == (5, 30)
+    assert _text_block(margin + text + [0.9] * 6 + text + margin) == (5, 16)
+
+
+def test_the_text_block_is_the_longest_run_of_text_rows_the_first_of_equals():
+    assert _text_block([0.0] * 10) == (0, 0)
+    assert _text_block([0.5, 0.5, 0.0, 0.5, 0.5, 0.5, 0.0]) == (3, 6)
+    assert _text_block([0.5, 0.5, 0.0, 0.5, 0.5]) == (0, 2)
+    assert _text_block([0.9, 0.5, 0.5, 0.9]) == (1, 3)   # solid at the rim is not bridged
+
+
+@pytest.mark.parametrize("name", sorted(COLOR_RANGES))
+def test_colour_ranges_by_plane_are_opencvs_in_range(name):
+    hsv = cv2.cvtColor(np.random.default_rng(3).integers(0, 256, (60, 80, 3), dtype=np.uint8), cv2.COLOR_BGR2HSV)
+    h_lo, h_hi, s_lo, s_hi, v_lo, v_hi = COLOR_RANGES[name]
+    for strict in STRICTER.get(name, (0,)):
+        lo, hi = (h_lo, s_lo + strict, v_lo + strict), (h_hi, s_hi, v_hi)
+        window = np.s_[5:50, 10:70]
+        mask = _in_range([plane[window] for plane in cv2.split(hsv)], lo, hi)
+        assert np.array_equal(mask, cv2.inRange(np.ascontiguousarray(hsv[window]), lo, hi))
 
 
 def test_of_two_candidates_scored_alike_the_larger_is_the_plate():
