@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from agent.plates.detect import (COLOR_RANGES, EXTENT_GAP, STRICTER, Detection, Detector, _colour_run, _enclosing,
-                                 _expand, _in_range, _plate_shaped, _suppress, _text_block, box_iou, extend_to_colour,
+                                 _closed_then_opened, _expand, _in_range, _plate_shaped, _suppress, _text_block, box_iou, extend_to_colour,
                                  fit_to_text, order_corners, rectify)
 from tests.conftest import need_plates
 
@@ -249,6 +249,15 @@ def test_the_text_block_is_the_longest_run_of_text_rows_the_first_of_equals():
     assert _text_block([0.5, 0.5, 0.0, 0.5, 0.5, 0.5, 0.0]) == (3, 6)
     assert _text_block([0.5, 0.5, 0.0, 0.5, 0.5]) == (0, 2)
     assert _text_block([0.9, 0.5, 0.5, 0.9]) == (1, 3)   # solid at the rim is not bridged
+
+
+@pytest.mark.parametrize("close, open_", [((7, 3), (3, 3)), ((9, 4), (3, 3)), ((15, 3), (7, 3)), ((3, 3), (3, 3))])
+def test_closing_then_opening_in_three_passes_is_opencvs_in_four(close, open_):
+    mask = (np.random.default_rng(5).random((70, 90)) < 0.45).astype(np.uint8) * 255  # ink up to the rim
+    rect = cv2.MORPH_RECT
+    expected = cv2.morphologyEx(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(rect, close)),
+                                cv2.MORPH_OPEN, cv2.getStructuringElement(rect, open_))
+    assert np.array_equal(_closed_then_opened(mask, close, open_), expected)
 
 
 @pytest.mark.parametrize("name", sorted(COLOR_RANGES))
