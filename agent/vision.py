@@ -230,6 +230,8 @@ def worker_main(settings: dict, conn) -> None:
     """Entry point of the vision process."""
     from agent.runner import setup_logging
     setup_logging(settings.get("log_level", "info"))
+    from agent.plates.heap import keep_frame_buffers
+    keep_frame_buffers()
     import cv2
     workers = settings.get("workers") or os.cpu_count() or 1
     cv2.setNumThreads(workers)

@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.plates.detect import Detector, box_iou  # noqa: E402
+from agent.plates.heap import keep_frame_buffers  # noqa: E402
 from agent.platecodes import edit_distance  # noqa: E402
 from agent.plates.pipeline import read_plates  # noqa: E402
 
@@ -76,6 +77,7 @@ _detector = None
 
 def _init(engine: str | None, threads: int) -> None:
     global _reader, _detector
+    keep_frame_buffers()   # as the vision process does (agent/plates/heap.py)
     cv2.setNumThreads(threads)
     _detector = Detector()
     if engine:
