@@ -27,7 +27,7 @@ pixels; `rectify` warps them to a flat crop for the recogniser.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -120,15 +120,21 @@ class Detector:
         # bilinear, not INTER_AREA: 1 ms instead of 6 a frame, and the same plates found
         small = cv2.resize(frame_roi, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR) \
             if scale < 1.0 else frame_roi
+        proposals = [((quad / scale + (ox, oy)).astype(np.float32), hint)
+                     for quad, hint in self._proposals(small, scale)]
+        if not proposals:
+            return []
         # each candidate is warped flat two or three times: OpenCV warps four channels
-        # twice as fast as three, which pays for converting the frame once
-        bgra = cv2.cvtColor(frame, cv2.COLOR_BGR2BGRA)
+        # twice as fast as three, which pays for converting, once, the part of the
+        # frame that verification looks at
+        x1, y1, x2, y2 = _looked_at(proposals, frame.shape)
+        bgra = cv2.cvtColor(frame[y1:y2, x1:x2], cv2.COLOR_BGR2BGRA)
+        origin = np.float32((x1, y1))
         candidates = []
-        for quad, hint in self._proposals(small, scale):
-            quad = quad / scale + (ox, oy)
-            candidate = self._verify(bgra, quad.astype(np.float32), hint)
+        for quad, hint in proposals:
+            candidate = self._verify(bgra, quad - origin, hint)
             if candidate is not None:
-                candidates.append(candidate)
+                candidates.append(_placed(candidate, origin, frame.shape))
         return _suppress(candidates, keep or self.max_plates)
 
     # --- proposals --------------------------------------------------------------------
@@ -207,11 +213,43 @@ class Detector:
         score = 0.7 * texture + 0.3 * colour - penalty
         if score < self.min_score:
             return None
-        xs, ys = quad[:, 0], quad[:, 1]
-        h, w = bgra.shape[:2]
-        box = (int(max(0, xs.min())), int(max(0, ys.min())), int(min(w, xs.max())), int(min(h, ys.max())))
-        return Detection(box=box, corners=quad, score=round(float(score), 3), color_hint=hint,
-                         crop=cv2.cvtColor(crop, cv2.COLOR_BGRA2BGR), block=block)
+        return Detection(box=_box(quad, bgra.shape), corners=quad, score=round(float(score), 3),
+                         color_hint=hint, crop=cv2.cvtColor(crop, cv2.COLOR_BGRA2BGR), block=block)
+
+
+def _box(quad: np.ndarray, shape) -> tuple[int, int, int, int]:
+    """The quad's axis-aligned box (x1, y1, x2, y2), kept inside an image of `shape`."""
+    xs, ys = quad[:, 0], quad[:, 1]
+    h, w = shape[:2]
+    return int(max(0, xs.min())), int(max(0, ys.min())), int(min(w, xs.max())), int(min(h, ys.max()))
+
+
+def _placed(candidate: Detection, origin: np.ndarray, shape) -> Detection:
+    """A candidate verified in a part of the frame starting at `origin` (x, y), in frame pixels."""
+    corners = candidate.corners + origin
+    return replace(candidate, corners=corners, box=_box(corners, shape))
+
+
+def _looked_at(proposals, shape, pad: int = 2) -> tuple[int, int, int, int]:
+    """(x1, y1, x2, y2): the part of a frame of `shape` that verifying `proposals` (quad,
+    colour) can look at. A quad of a plate background colour may be cut to its text
+    and lengthened to its colour's end (extend_to_colour looks as far as
+    MAX_PLATE_ASPECT times its height in all, centred inside it): it is grown by that
+    much on each side, twice what is needed. `pad` keeps the bilinear warps' second
+    pixel inside, so every warp reads what it would read from the whole frame."""
+    quads = []
+    for quad, hint in proposals:
+        if hint in SATURATED:
+            tl, tr, br, bl = quad
+            height = max(np.linalg.norm(bl - tl), np.linalg.norm(br - tr))
+            width = max(1.0, float(np.linalg.norm(((tr - tl) + (br - bl)) / 2)))
+            quad = _expand(quad, MAX_PLATE_ASPECT * height / width, 0.0)
+        quads.append(quad)
+    points = np.concatenate(quads)
+    h, w = shape[:2]
+    x1, y1 = np.floor(points.min(axis=0)).astype(int) - pad
+    x2, y2 = np.ceil(points.max(axis=0)).astype(int) + pad + 1
+    return max(0, int(x1)), max(0, int(y1)), min(w, int(x2)), min(h, int(y2))
 
 
 def extend_to_colour(frame: np.ndarray, quad: np.ndarray, color: str) -> np.ndarray:
