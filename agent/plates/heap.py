@@ -4,7 +4,7 @@ Every frame allocates a dozen buffers of 0.2-3 MB (the BGRA copy, the work-size
 frame, its HSV planes, the masks) and frees them before the next. glibc's
 malloc gives an allocation above its mmap threshold pages of its own, and gives
 free memory at the top of the heap back to the kernel above its trim threshold.
-Both thresholds start low (128 kB, 256 kB) and only grow as large blocks come
+Both thresholds start low (128 kB each) and only grow as large blocks come
 and go, so whether a process settles where a frame's buffers are reused or
 where each frame faults in fresh pages depends on what it allocated first. In
 the second case, measured on the 2-core test machine: ~2,000 page faults and
