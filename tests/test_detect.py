@@ -274,15 +274,15 @@ def test_a_plate_whose_character_bars_line_up_is_found_at_its_own_size(prefix):
 
 def test_a_short_solid_band_between_text_rows_is_text():
     text, solid, margin = [0.6] * 11, [0.9] * 3, [0.0] * 5
-    assert _text_block(margin + text + solid + text + margin) == (5, 30)
-    assert _text_block(margin + text + [0.9] * 6 + text + margin) == (5, 16)
+    assert _text_block(np.array(margin + text + solid + text + margin)) == (5, 30)
+    assert _text_block(np.array(margin + text + [0.9] * 6 + text + margin)) == (5, 16)
 
 
 def test_the_text_block_is_the_longest_run_of_text_rows_the_first_of_equals():
-    assert _text_block([0.0] * 10) == (0, 0)
-    assert _text_block([0.5, 0.5, 0.0, 0.5, 0.5, 0.5, 0.0]) == (3, 6)
-    assert _text_block([0.5, 0.5, 0.0, 0.5, 0.5]) == (0, 2)
-    assert _text_block([0.9, 0.5, 0.5, 0.9]) == (1, 3)   # solid at the rim is not bridged
+    assert _text_block(np.zeros(10)) == (0, 0)
+    assert _text_block(np.array([0.5, 0.5, 0.0, 0.5, 0.5, 0.5, 0.0])) == (3, 6)
+    assert _text_block(np.array([0.5, 0.5, 0.0, 0.5, 0.5])) == (0, 2)
+    assert _text_block(np.array([0.9, 0.5, 0.5, 0.9])) == (1, 3)   # solid at the rim is not bridged
 
 
 @pytest.mark.parametrize("close, open_", [((7, 3), (3, 3)), ((9, 4), (3, 3)), ((15, 3), (7, 3)), ((3, 3), (3, 3))])

@@ -550,7 +550,7 @@ def text_layout(crop: np.ndarray) -> tuple[float, tuple[int, int, int, int] | No
         ncol = int(columns.sum())
         light_rows = light_f @ columns
         rows = (light_rows if light_ink else ncol - light_rows) / ncol
-        top, bottom = _text_block(rows.tolist())
+        top, bottom = _text_block(rows)
         score = count_score * min(1.0, spread / 0.7) * min(1.0, (bottom - top) / h / 0.5)
         if score > best:
             best, block = score, (int(first) + margin, top, int(last) + margin, bottom)
@@ -574,37 +574,24 @@ def _runs(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return edges[::2], edges[1::2]
 
 
-def _text_block(rows: list[float]) -> tuple[int, int]:
+def _text_block(rows: np.ndarray) -> tuple[int, int]:
     """Start and end (exclusive) of the longest run of rows that cross characters (part
     ink, part background, over the character columns); (0, 0) when there is none.
 
     Where several characters' bars line up (Z, 5, 7, a bold dot) a row or two in the
     middle is nearly all ink (three rows of 36 in a blurred 931Y9); such a short solid
-    band between text rows is text too. Plain Python: 36 rows a call, ~25 calls a frame."""
-    n = len(rows)
-    solid = [r >= 0.85 for r in rows]
-    text = [r > 0.15 and not s for r, s in zip(rows, solid)]
-    solid_max = max(1, n // 10)
-    a = 0
-    while a < n:
-        if not solid[a]:
-            a += 1
-            continue
-        b = a
-        while b < n and solid[b]:
-            b += 1
-        if b - a <= solid_max and a > 0 and b < n and text[a - 1] and text[b]:
-            text[a:b] = [True] * (b - a)
-        a = b
-    best, start = (0, 0), None
-    for i, is_text in enumerate(text + [False]):
-        if is_text and start is None:
-            start = i
-        elif not is_text and start is not None:
-            if i - start > best[1] - best[0]:
-                best = (start, i)
-            start = None
-    return best
+    band between text rows is text too."""
+    solid = rows >= 0.85
+    text = (rows > 0.15) & ~solid
+    solid_max = max(1, len(rows) // 10)
+    for a, b in zip(*_runs(solid)):
+        if b - a <= solid_max and a > 0 and b < len(rows) and text[a - 1] and text[b]:
+            text[a:b] = True
+    starts, ends = _runs(text)
+    if not len(starts):
+        return 0, 0
+    longest = int((ends - starts).argmax())
+    return int(starts[longest]), int(ends[longest])
 
 
 def background_fraction(crop: np.ndarray, color: str) -> float:
