@@ -31,6 +31,8 @@ def plates():
       gate-agent plates read --json car.jpg
       gate-agent plates watch --source rtsp://10.0.0.5/stream1
     """
+    from agent.plates.heap import keep_frame_buffers
+    keep_frame_buffers()   # both commands run frames through the detector
 
 
 def _expand(paths: tuple[str, ...]) -> list[Path]:
@@ -77,10 +79,8 @@ def read_cmd(images, as_json, engine, min_confidence, show_all, detect_only):
       gate-agent plates read shots/
     """
     from agent.plates.detect import Detector
-    from agent.plates.heap import keep_frame_buffers
     from agent.plates.pipeline import read_plates
     from drivers.camera import CameraError, decode_image
-    keep_frame_buffers()
     reader = _reader_or_fail(engine, detect_only)
     detector = Detector()
     files = _expand(images)
@@ -143,10 +143,8 @@ def watch_cmd(ctx, source, lane, as_json, engine, loop, seconds):
       gate-agent plates watch --lane in1
       gate-agent plates watch --source /var/lib/gate-agent/replay --json
     """
-    from agent.plates.heap import keep_frame_buffers
     from agent.plates.pipeline import LanePipeline, plate_record
     from drivers.camera import reconnecting
-    keep_frame_buffers()
     settings = _watch_settings(ctx, source, lane)
     reader = _reader_or_fail(engine or settings["engine"], False)
     pipeline = LanePipeline(settings["lane"], reader=reader, roi=settings["roi"],
