@@ -15,9 +15,17 @@ SUFFIXES = "挂学警港澳使领"
 # Every character a plate model must know.
 ALPHABET = PROVINCES + DIGITS + "ABCDEFGHJKLMNOPQRSTUVWXYZ" + SUFFIXES
 
-PLATE_RE = re.compile(
-    r"^[京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼][A-HJ-Z]"
-    r"(?:[A-HJ-NP-Z0-9]{4}[A-HJ-NP-Z0-9挂学警港澳]|[A-HJK][A-HJ-NP-Z0-9]\d{4}|\d{5}[A-HJK])$")
+_SERIAL = LETTERS + DIGITS
+_NEW_ENERGY_CLASS = "ABCDEFGHJK"
+# The plate grammar of specs/plates.md, one string of allowed characters per position:
+# ordinary plates (the last may be 挂学警港澳), small and large new-energy plates.
+PLATE_LAYOUTS = (
+    (PROVINCES, LETTERS + "O", *[_SERIAL] * 4, _SERIAL + "挂学警港澳"),
+    (PROVINCES, LETTERS + "O", _NEW_ENERGY_CLASS, _SERIAL, *[DIGITS] * 4),
+    (PROVINCES, LETTERS + "O", *[DIGITS] * 5, _NEW_ENERGY_CLASS),
+)
+PLATE_RE = re.compile("^(?:" + "|".join("".join(f"[{chars}]" for chars in layout)
+                                        for layout in PLATE_LAYOUTS) + ")$")
 EMBASSY_RE = re.compile(r"^(?:\d{6}使|使\d{6}|[京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼]\d{5}领)$")
 
 COLOR_CODES = {"black": 1, "white": 2, "grey": 3, "red": 4, "blue": 5, "yellow": 6, "orange": 7,

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.platecodes import ALPHABET, COLOR_CODES, edit_distance, is_valid, normalise
+from agent.platecodes import ALPHABET, COLOR_CODES, PLATE_LAYOUTS, edit_distance, is_valid, normalise
 
 MODEL_DIR = Path(__file__).resolve().parent
 NETWORK = "plate_ocr"
@@ -30,6 +30,15 @@ INPUT_W, INPUT_H = 128, 32
 DOUBLE_ROW_MAX_ASPECT = 2.3
 # Where a double-row plate's top row (province + letter) ends, as a fraction of its height.
 TOP_ROW_END, BOTTOM_ROW_START = 0.40, 0.33
+# A read that fits no plate grammar is refitted (fit_to_grammar) when it has about a plate's
+# length, the best fitting path is at least e^-GRAMMAR_MAX_GAP (a hundredth) as likely as the
+# read, and the network is sure of every character on it (GRAMMAR_MIN_CHAR): a character
+# doubled or read twice, not a sign or a grille turned into a plate. On the shared scenes the
+# detector's false candidates refit with a gap as small as a real plate's, but never with
+# every character at 0.8 or above.
+GRAMMAR_FIT_LENGTHS = range(6, 10)
+GRAMMAR_MAX_GAP = 4.6
+GRAMMAR_MIN_CHAR = 0.8
 
 
 class ModelFilesError(RuntimeError):
@@ -121,6 +130,93 @@ def ctc_decode(logits: np.ndarray, alphabet: str = ALPHABET) -> tuple[str, float
     return "".join(chars), conf, tuple(round(c, 4) for c in confs)
 
 
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def ctc_best_path_as(logp: np.ndarray, layout, alphabet: str = ALPHABET):
+    """The most likely CTC path through log-probabilities (T, 1 + len(alphabet)), class 0 the
+    blank, whose text fits `layout`, one string of allowed characters per position:
+    (text, log-probability, per-char probs), or None when no path fits.
+
+    Viterbi over (position, character) states: on[i, c] is a path that has emitted
+    positions 0..i and stands on c; after[j] one that emitted j characters and stands on a
+    blank. A character repeated in the text needs a blank between, as CTC wants."""
+    T, C = logp.shape
+    L = len(layout)
+    neg = -1e9
+    allowed = np.zeros((L, C), bool)
+    for i, chars in enumerate(layout):
+        allowed[i, [alphabet.index(ch) + 1 for ch in chars if ch in alphabet]] = True
+    on, after = np.full((L, C), neg), np.full(L + 1, neg)
+    after[0] = 0.0
+    rows = np.arange(L)
+    came = np.zeros((T, L, C), np.int8)          # 0 stayed on c, 1 from a blank, 2 from position i-1
+    switched_from = np.zeros((T, L, C), np.int16)
+    blank_from = np.full((T, L + 1), -1, np.int16)
+    for t in range(T):
+        best_c = on.argmax(axis=1)
+        best = on[rows, best_c]
+        others = on.copy()
+        others[rows, best_c] = neg
+        second_c = others.argmax(axis=1)
+        second = others[rows, second_c]
+        switch, switch_c = np.full((L, C), neg), np.zeros((L, C), np.int16)
+        switch[1:], switch_c[1:] = best[:-1, None], best_c[:-1, None]
+        switch[rows[1:], best_c[:-1]] = second[:-1]   # from the same character needs a blank
+        switch_c[rows[1:], best_c[:-1]] = second_c[:-1]
+        ways = np.stack([on, np.broadcast_to(after[:L, None], (L, C)), switch])
+        came[t] = ways.argmax(axis=0)
+        switched_from[t] = switch_c
+        on = np.where(allowed, np.take_along_axis(ways, came[t][None], 0)[0] + logp[t], neg)
+        from_char = np.concatenate([[neg], best])
+        took = from_char > after
+        blank_from[t] = np.where(took, np.concatenate([[-1], best_c]), -1)
+        after = np.maximum(from_char, after) + logp[t, 0]
+    score = max(on[L - 1].max(), after[L])
+    if score <= neg / 2:
+        return None
+    chars, probs = [0] * L, [0.0] * L
+    i, c, on_char = (L - 1, int(on[L - 1].argmax()), True) if on[L - 1].max() >= after[L] else (L, -1, False)
+    for t in range(T - 1, -1, -1):
+        if on_char:
+            chars[i], probs[i] = c, max(probs[i], float(np.exp(logp[t, c])))
+            how = came[t, i, c]
+            if how == 1:
+                on_char = False
+            elif how == 2:
+                i, c = i - 1, int(switched_from[t, i, c])
+        elif blank_from[t, i] >= 0:
+            i, c, on_char = i - 1, int(blank_from[t, i]), True
+    return "".join(alphabet[k - 1] for k in chars), float(score), tuple(round(p, 4) for p in probs)
+
+
+def fit_to_grammar(logits: np.ndarray, max_gap: float = GRAMMAR_MAX_GAP, min_char: float = GRAMMAR_MIN_CHAR):
+    """The likeliest reading that fits the plate grammar (agent.platecodes.PLATE_LAYOUTS),
+    as ctc_decode returns it, or None when it is more than e^max_gap times less likely than
+    the unconstrained best or any of its characters is less sure than min_char.
+
+    A character sure at some step is that step's best class, so only those classes are
+    searched, and a read with fewer sure steps than a plate has characters is refused at once:
+    most of the detector's false candidates end there."""
+    logp = _log_softmax(logits)
+    best = logp.argmax(axis=1)
+    sure = (best > 0) & (logp.max(axis=1) >= np.log(min_char))
+    if sure.sum() < min(len(layout) for layout in PLATE_LAYOUTS):
+        return None
+    classes = np.unique(best[sure])
+    alphabet = "".join(ALPHABET[k - 1] for k in classes)
+    searched = logp[:, np.concatenate([[0], classes])]
+    fits = [f for f in (ctc_best_path_as(searched, layout, alphabet) for layout in PLATE_LAYOUTS) if f]
+    if not fits:
+        return None
+    text, score, probs = max(fits, key=lambda f: f[1])
+    if logp.max(axis=1).sum() - score > max_gap or min(probs) < min_char:
+        return None
+    return text, float(np.prod(probs)), probs
+
+
 # ----------------------------------------------------------------- colour
 # hue ranges [lo, hi) of the coloured backgrounds (OpenCV hue 0-180)
 HUES = {"yellow": (11, 35), "green": (35, 90), "blue": (90, 135)}
@@ -167,10 +263,22 @@ class Recognizer:
                 rows = 0
         layouts = (1, 2) if rows == 0 else (rows,)
         images = np.stack([preprocess(crop_bgr, r) for r in layouts])
-        reads = [PlateRead(normalise(t), c, cc, r) for (t, c, cc), r in zip(self._infer(images), layouts)]
-        return max(reads, key=lambda r: (is_valid(r.text), r.confidence))
+        decoded, logits = self._infer(images)
+        reads = [PlateRead(normalise(t), c, cc, r) for (t, c, cc), r in zip(decoded, layouts)]
+        best = max(reads, key=lambda r: (is_valid(r.text), r.confidence))
+        if is_valid(best.text) or len(best.text) not in GRAMMAR_FIT_LENGTHS:
+            return best
+        i = layouts.index(best.rows)
+        fitted = fit_to_grammar(logits[i] if logits is not None else self._logits(images[i:i + 1])[0])
+        return PlateRead(normalise(fitted[0]), *fitted[1:], best.rows) if fitted else best
 
     def _infer(self, images: np.ndarray):
+        """[(text, confidence, per-char confidences)] for N preprocessed images, and the
+        logits they came from where the engine has them at hand (None otherwise)."""
+        raise NotImplementedError
+
+    def _logits(self, images: np.ndarray) -> np.ndarray:
+        """The network's output for N preprocessed images: (N, time steps, classes)."""
         raise NotImplementedError
 
 
@@ -188,9 +296,12 @@ class OpenCVRecognizer(Recognizer):
             raise ModelFilesError(f"OpenCV cannot load {path}: {exc}") from None
 
     def _infer(self, images):
+        logits = self._logits(images)
+        return [ctc_decode(l) for l in logits], logits
+
+    def _logits(self, images):
         self.net.setInput(to_blob(images))
-        logits = self.net.forward()
-        return [ctc_decode(l) for l in logits.reshape(len(images), -1, len(ALPHABET) + 1)]
+        return self.net.forward().reshape(len(images), -1, len(ALPHABET) + 1)
 
 
 class EasyOCRRecognizer(Recognizer):
@@ -216,7 +327,13 @@ class EasyOCRRecognizer(Recognizer):
             res = self.reader.recognize(img, allowlist=ALPHABET, contrast_ths=0.0, detail=1)
             text, conf = (res[0][1], float(res[0][2])) if res else ("", 0.0)
             out.append((text.replace(" ", ""), conf, ()))
-        return out
+        return out, None
+
+    def _logits(self, images):
+        """The network easyocr loaded, called directly: easyocr's API gives text, not logits."""
+        import torch
+        with torch.no_grad():
+            return self.reader.recognizer(torch.from_numpy(to_blob(images))).numpy()
 
 
 def load_recognizer(engine: str = "opencv", model_dir: Path | str = MODEL_DIR) -> Recognizer:
@@ -233,4 +350,4 @@ def char_accuracy(pred: str, truth: str) -> float:
 
 
 __all__ = ["PlateRead", "Recognizer", "load_recognizer", "plate_color", "plate_color_code", "preprocess",
-           "ModelFilesError", "check_manifest", "ctc_decode", "char_accuracy"]
+           "ModelFilesError", "check_manifest", "ctc_decode", "ctc_best_path_as", "fit_to_grammar", "char_accuracy"]

@@ -1,7 +1,15 @@
 """Plate text normalisation: the position-based fixes GA 36 allows, and the grammar."""
+import random
+import re
+
 import pytest
 
-from agent.platecodes import classify, is_valid, normalise
+from agent.platecodes import ALPHABET, PLATE_LAYOUTS, PLATE_RE, PROVINCES, classify, is_valid, normalise
+
+# The validation expression of specs/plates.md, as written there.
+SPEC_EXPRESSION = re.compile(
+    r"^[京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼][A-HJ-Z]"
+    r"(?:[A-HJ-NP-Z0-9]{4}[A-HJ-NP-Z0-9挂学警港澳]|[A-HJK][A-HJ-NP-Z0-9]\d{4}|\d{5}[A-HJK])$")
 
 
 @pytest.mark.parametrize("read,expected", [
@@ -25,3 +33,14 @@ def test_a_zero_read_third_on_a_small_new_energy_plate_is_its_d():
     assert fixed == "皖AD19789" and is_valid(fixed)
     assert classify(fixed, "green") == "small_new_energy"
     assert normalise("粤B01234F") == "粤B01234F"      # ends D/F: a large one, its third is a digit
+
+
+def test_the_grammar_by_position_is_the_spec_expression():
+    """PLATE_RE is built from PLATE_LAYOUTS (which the recogniser fits reads to): both must be
+    exactly the expression the spec gives."""
+    rng = random.Random(36)
+    texts = ["".join(rng.choice(ALPHABET + "IO") for _ in range(rng.randint(6, 9))) for _ in range(20000)]
+    texts += ["".join(rng.choice(chars + "IO0AD") for chars in rng.choice(PLATE_LAYOUTS)) for _ in range(20000)]
+    assert sum(bool(PLATE_RE.match(t)) for t in texts) > 5000
+    assert [t for t in texts if bool(PLATE_RE.match(t)) != bool(SPEC_EXPRESSION.match(t))] == []
+    assert all(layout[0] == PROVINCES for layout in PLATE_LAYOUTS)
