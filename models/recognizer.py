@@ -21,7 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.platecodes import ALPHABET, COLOR_CODES, PLATE_LAYOUTS, edit_distance, is_valid, normalise
+from agent.plates.color import plate_color, plate_color_code
+from agent.platecodes import ALPHABET, PLATE_LAYOUTS, edit_distance, is_valid, normalise
 
 MODEL_DIR = Path(__file__).resolve().parent
 NETWORK = "plate_ocr"
@@ -215,32 +216,6 @@ def fit_to_grammar(logits: np.ndarray, max_gap: float = GRAMMAR_MAX_GAP, min_cha
     if logp.max(axis=1).sum() - score > max_gap or min(probs) < min_char:
         return None
     return text, float(np.prod(probs)), probs
-
-
-# ----------------------------------------------------------------- colour
-# hue ranges [lo, hi) of the coloured backgrounds (OpenCV hue 0-180)
-HUES = {"yellow": (11, 35), "green": (35, 90), "blue": (90, 135)}
-
-
-def plate_color(crop: np.ndarray) -> str:
-    """The plate's background colour name from its pixels: blue, yellow, green, white or black."""
-    if crop is None or crop.ndim != 3 or crop.size == 0:
-        raise ValueError("plate_color needs a BGR colour crop")
-    h, w = crop.shape[:2]
-    centre = crop[int(h * 0.15):max(int(h * 0.15) + 1, int(h * 0.85)), int(w * 0.08):max(int(w * 0.08) + 1, int(w * 0.92))]
-    hsv = cv2.cvtColor(np.ascontiguousarray(centre[..., :3]), cv2.COLOR_BGR2HSV)
-    # hue from 0, saturation above 70, value above 45 (inRange bounds are inclusive)
-    coloured = cv2.countNonZero(cv2.inRange(hsv, (0, 71, 46), (255, 255, 255)))
-    if coloured / (hsv.shape[0] * hsv.shape[1]) > 0.30:
-        votes = {name: cv2.countNonZero(cv2.inRange(hsv, (lo, 71, 46), (hi - 1, 255, 255)))
-                 for name, (lo, hi) in HUES.items()}
-        return max(votes, key=votes.get)
-    val = hsv[..., 2]
-    return "white" if np.median(val) > 115 else "black"
-
-
-def plate_color_code(crop: np.ndarray) -> int:
-    return COLOR_CODES[plate_color(crop)]
 
 
 # ----------------------------------------------------------------- engines

@@ -101,3 +101,10 @@ def test_without_a_reader_the_detector_decides_alone():
     detector = RankedDetector([sign_crop(1), sign_crop(2), sign_crop(3), plate_crop("苏E12345")])
     results = read_plates(np.zeros((60, 700, 3), np.uint8), detector)
     assert len(results) == 3 and all(r.text == "" for r in results)
+
+
+def test_plates_get_one_colour_rule_with_or_without_a_reader(reader):
+    crops = [plate_crop("苏E12345"), plate_crop("苏E1234学", "coach"), plate_crop("粤B12345D", "large_new_energy")]
+    alone = read_plates(np.zeros((60, 800, 3), np.uint8), RankedDetector(crops))
+    read = read_plates(np.zeros((60, 800, 3), np.uint8), RankedDetector(crops), reader)
+    assert [r.color for r in alone] == [r.color for r in read] == ["blue", "yellow", "green"]

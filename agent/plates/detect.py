@@ -644,20 +644,3 @@ def _contains(outer, inner, slack: float = 0.85) -> bool:
     inter = max(0, ix2 - ix1) * max(0, iy2 - iy1)
     area = _area(inner)
     return area > 0 and inter / area >= slack
-
-
-def estimate_color(crop: np.ndarray) -> str:
-    """Plate colour from a rectified crop's background (fallback when the recogniser has none)."""
-    hsv = cv2.cvtColor(crop, cv2.COLOR_BGR2HSV)
-    h, w = hsv.shape[:2]
-    band = hsv[h // 8: h - h // 8, w // 10: w - w // 10].reshape(-1, 3)
-    shares = {}
-    for name in SATURATED:
-        h_lo, h_hi, s_lo, s_hi, v_lo, v_hi = COLOR_RANGES[name]
-        inside = ((band[:, 0] >= h_lo) & (band[:, 0] <= h_hi) & (band[:, 1] >= s_lo - 20)
-                  & (band[:, 2] >= v_lo))
-        shares[name] = float(inside.mean())
-    name, share = max(shares.items(), key=lambda kv: kv[1])
-    if share >= 0.3:
-        return name
-    return "white" if float(np.median(band[:, 2])) >= 128 else "black"

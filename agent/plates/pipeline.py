@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 
 from agent.platecodes import COLOR_CODES, gat1400_codes
-from agent.plates.detect import Detection, Detector, estimate_color
+from agent.plates.color import plate_color
+from agent.plates.detect import Detection, Detector
 from agent.plates.track import Observation, PlateEvent, PlateTracker
 from agent.records import format_time, gat1400_time
 
@@ -59,7 +60,7 @@ def read_plates(image: np.ndarray, detector: Detector, reader=None, roi=None) ->
     confident signs used to push out and returns a fifth as many false boxes
     (bench/plates.py)."""
     if reader is None:
-        return [PlateResult(det, color=estimate_color(det.crop)) for det in detector.detect(image, roi)]
+        return [PlateResult(det, color=plate_color(det.crop)) for det in detector.detect(image, roi)]
     results = []
     for det in detector.detect(image, roi, keep=detector.max_plates + SPARE_CANDIDATES):
         reading = reader.read(det.crop)
@@ -67,7 +68,7 @@ def read_plates(image: np.ndarray, detector: Detector, reader=None, roi=None) ->
             continue
         results.append(PlateResult(det, text=reading.text, confidence=reading.confidence,
                                    char_confidences=reading.char_confidences,
-                                   color=reading.color or estimate_color(det.crop), valid=reading.valid))
+                                   color=reading.color or plate_color(det.crop), valid=reading.valid))
     results.sort(key=lambda r: not r.valid)
     return results[:detector.max_plates]
 

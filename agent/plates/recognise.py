@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent.plates.color import plate_color
 from agent.platecodes import classify, gat1400_codes, is_valid, normalise
 
 ENGINES = ("opencv", "easyocr")
@@ -60,7 +61,6 @@ class PlateReader:
                                         "(easyocr needs 'pip install gate-agent[easyocr]')") from None
         except (FileNotFoundError, RuntimeError) as exc:
             raise RecogniserUnavailable(f"recogniser model files missing or damaged: {exc}") from None
-        self._plate_color = recognizer.plate_color
 
     def read(self, crop: np.ndarray) -> Reading:
         raw = self._model.read(crop)
@@ -69,7 +69,7 @@ class PlateReader:
         if len(confs) != len(text):
             confs = tuple([float(raw.confidence)] * len(text))
         return Reading(text=text, raw=raw.text, confidence=float(raw.confidence),
-                       char_confidences=confs, color=self._plate_color(crop), valid=is_valid(text))
+                       char_confidences=confs, color=plate_color(crop), valid=is_valid(text))
 
 
 def load_reader(engine: str = "opencv") -> PlateReader:
