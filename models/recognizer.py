@@ -198,9 +198,9 @@ def fit_to_grammar(logits: np.ndarray, max_gap: float = GRAMMAR_MAX_GAP, min_cha
     as ctc_decode returns it, or None when it is more than e^max_gap times less likely than
     the unconstrained best or any of its characters is less sure than min_char.
 
-    A character sure at some step is that step's best class, so only those classes are
-    searched, and a read with fewer sure steps than a plate has characters is refused at once:
-    most of the detector's false candidates end there."""
+    A character sure at some step (min_char above 0.5) is that step's best class, so only
+    those classes are searched, and a read with fewer sure steps than a plate has characters
+    is refused at once: most of the detector's false candidates end there."""
     logp = _log_softmax(logits)
     best = logp.argmax(axis=1)
     sure = (best > 0) & (logp.max(axis=1) >= np.log(min_char))
