@@ -33,8 +33,8 @@ DOUBLE_ROW_MAX_ASPECT = 2.3
 TOP_ROW_END, BOTTOM_ROW_START = 0.40, 0.33
 # A read that fits no plate grammar is refitted (fit_to_grammar) when it has about a plate's
 # length, the best fitting path is at least e^-GRAMMAR_MAX_GAP (a hundredth) as likely as the
-# read, and the network is sure of every character on it (GRAMMAR_MIN_CHAR): a character
-# doubled or read twice, not a sign or a grille turned into a plate. On the shared scenes the
+# read, and the network is sure of every character on it (GRAMMAR_MIN_CHAR): a stray or
+# doubled character dropped, not a sign or a grille turned into a plate. On the shared scenes the
 # detector's false candidates refit with a gap as small as a real plate's, but never with
 # every character at 0.8 or above.
 GRAMMAR_FIT_LENGTHS = range(6, 10)

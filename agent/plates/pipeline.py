@@ -68,7 +68,7 @@ def read_plates(image: np.ndarray, detector: Detector, reader=None, roi=None) ->
             continue
         results.append(PlateResult(det, text=reading.text, confidence=reading.confidence,
                                    char_confidences=reading.char_confidences,
-                                   color=reading.color or plate_color(det.crop), valid=reading.valid))
+                                   color=reading.color, valid=reading.valid))
     results.sort(key=lambda r: not r.valid)
     return results[:detector.max_plates]
 
