@@ -106,3 +106,12 @@ def test_easyocr_gives_the_same_text(opencv, held_out):
     a = [opencv.read(s.image) for s in sample]
     b = [easy.read(s.image) for s in sample]
     assert [r.text for r in a] == [r.text for r in b]
+
+
+def test_both_engines_refit_from_the_same_network_output(opencv, held_out):
+    pytest.importorskip("easyocr", reason="easyocr not installed: pip install -e .[easyocr] (CI installs it)")
+    from models.recognizer import preprocess
+    images = np.stack([preprocess(s.image, 1) for s in held_out[:16]])
+    a, b = opencv._logits(images), load_recognizer("easyocr")._logits(images)
+    assert a.shape == b.shape == (16, 32, 74)
+    assert np.abs(a - b).max() < 1e-3
