@@ -136,26 +136,32 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def ctc_best_path_as(logp: np.ndarray, layout, alphabet: str = ALPHABET):
+def ctc_best_path_as(logp: np.ndarray, layouts, alphabet: str = ALPHABET):
     """The most likely CTC path through log-probabilities (T, 1 + len(alphabet)), class 0 the
-    blank, whose text fits `layout`, one string of allowed characters per position:
+    blank, whose text fits one of `layouts`, each a string of allowed characters per position:
     (text, log-probability, per-char probs), or None when no path fits.
 
-    Viterbi over (position, character) states: on[i, c] is a path that has emitted
-    positions 0..i and stands on c; after[j] one that emitted j characters and stands on a
-    blank. A character repeated in the text needs a blank between, as CTC wants."""
+    Viterbi over (position, character) states of all layouts at once, one row per position:
+    on[r, c] is a path that has emitted its layout's positions up to row r and stands on c;
+    after[a] one that stands on a blank, with the characters of after-state a emitted. A
+    character repeated in the text needs a blank between, as CTC wants."""
     T, C = logp.shape
-    L = len(layout)
     neg = -1e9
-    allowed = np.zeros((L, C), bool)
-    for i, chars in enumerate(layout):
-        allowed[i, [alphabet.index(ch) + 1 for ch in chars if ch in alphabet]] = True
-    on, after = np.full((L, C), neg), np.full(L + 1, neg)
-    after[0] = 0.0
-    rows = np.arange(L)
-    came = np.zeros((T, L, C), np.int8)          # 0 stayed on c, 1 from a blank, 2 from position i-1
-    switched_from = np.zeros((T, L, C), np.int16)
-    blank_from = np.full((T, L + 1), -1, np.int16)
+    layout_of = np.concatenate([[g] * len(layout) for g, layout in enumerate(layouts)])
+    R = len(layout_of)
+    first = np.concatenate([[i == 0 for i in range(len(layout))] for layout in layouts])
+    before = np.arange(R) + layout_of          # the after-state a row is entered from
+    row_of_after = np.full(R + len(layouts), -1)
+    row_of_after[before + 1] = np.arange(R)
+    allowed = np.zeros((R, C), bool)
+    for r, chars in enumerate(chars for layout in layouts for chars in layout):
+        allowed[r, [alphabet.index(ch) + 1 for ch in chars if ch in alphabet]] = True
+    on, after = np.full((R, C), neg), np.full(R + len(layouts), neg)
+    after[row_of_after < 0] = 0.0              # each layout's start: nothing emitted yet
+    rows, inner = np.arange(R), np.flatnonzero(~first)
+    came = np.zeros((T, R, C), np.int8)          # 0 stayed on c, 1 from a blank, 2 from the row before
+    switched_from = np.zeros((T, R, C), np.int16)
+    blank_from = np.full((T, len(after)), -1, np.int16)
     for t in range(T):
         best_c = on.argmax(axis=1)
         best = on[rows, best_c]
@@ -163,34 +169,42 @@ def ctc_best_path_as(logp: np.ndarray, layout, alphabet: str = ALPHABET):
         others[rows, best_c] = neg
         second_c = others.argmax(axis=1)
         second = others[rows, second_c]
-        switch, switch_c = np.full((L, C), neg), np.zeros((L, C), np.int16)
-        switch[1:], switch_c[1:] = best[:-1, None], best_c[:-1, None]
-        switch[rows[1:], best_c[:-1]] = second[:-1]   # from the same character needs a blank
-        switch_c[rows[1:], best_c[:-1]] = second_c[:-1]
-        ways = np.stack([on, np.broadcast_to(after[:L, None], (L, C)), switch])
+        switch, switch_c = np.full((R, C), neg), np.zeros((R, C), np.int16)
+        switch[inner], switch_c[inner] = best[inner - 1, None], best_c[inner - 1, None]
+        switch[inner, best_c[inner - 1]] = second[inner - 1]   # from the same character needs a blank
+        switch_c[inner, best_c[inner - 1]] = second_c[inner - 1]
+        ways = np.stack([on, np.broadcast_to(after[before, None], (R, C)), switch])
         came[t] = ways.argmax(axis=0)
         switched_from[t] = switch_c
         on = np.where(allowed, np.take_along_axis(ways, came[t][None], 0)[0] + logp[t], neg)
-        from_char = np.concatenate([[neg], best])
+        from_char, from_c = np.full(len(after), neg), np.full(len(after), -1)
+        from_char[before + 1], from_c[before + 1] = best, best_c
         took = from_char > after
-        blank_from[t] = np.where(took, np.concatenate([[-1], best_c]), -1)
+        blank_from[t] = np.where(took, from_c, -1)
         after = np.maximum(from_char, after) + logp[t, 0]
-    score = max(on[L - 1].max(), after[L])
+    last = np.flatnonzero(np.append(first[1:], True))   # each layout's last row
+    ends = [max((on[r].max(), ("on", r)), (after[r + 1 + layout_of[r]], ("after", r + 1 + layout_of[r])))
+            for r in last]
+    score, (state, k) = max(ends, key=lambda e: e[0])
     if score <= neg / 2:
         return None
-    chars, probs = [0] * L, [0.0] * L
-    i, c, on_char = (L - 1, int(on[L - 1].argmax()), True) if on[L - 1].max() >= after[L] else (L, -1, False)
+    g = layout_of[k] if state == "on" else layout_of[row_of_after[k]]
+    start = np.flatnonzero(layout_of == g)[0]
+    chars, probs = {}, {}
+    r, c = (k, int(on[k].argmax())) if state == "on" else (-1, -1)
+    a = k if state == "after" else -1
     for t in range(T - 1, -1, -1):
-        if on_char:
-            chars[i], probs[i] = c, max(probs[i], float(np.exp(logp[t, c])))
-            how = came[t, i, c]
+        if a < 0:
+            chars[r], probs[r] = c, max(probs.get(r, 0.0), float(np.exp(logp[t, c])))
+            how = came[t, r, c]
             if how == 1:
-                on_char = False
+                a = before[r]
             elif how == 2:
-                i, c = i - 1, int(switched_from[t, i, c])
-        elif blank_from[t, i] >= 0:
-            i, c, on_char = i - 1, int(blank_from[t, i]), True
-    return "".join(alphabet[k - 1] for k in chars), float(score), tuple(round(p, 4) for p in probs)
+                r, c = r - 1, int(switched_from[t, r, c])
+        elif blank_from[t, a] >= 0:
+            r, c, a = row_of_after[a], int(blank_from[t, a]), -1
+    order = range(start, start + len(layouts[g]))
+    return "".join(alphabet[chars[r] - 1] for r in order), float(score), tuple(round(probs[r], 4) for r in order)
 
 
 def fit_to_grammar(logits: np.ndarray, max_gap: float = GRAMMAR_MAX_GAP, min_char: float = GRAMMAR_MIN_CHAR):
@@ -209,10 +223,10 @@ def fit_to_grammar(logits: np.ndarray, max_gap: float = GRAMMAR_MAX_GAP, min_cha
     classes = np.unique(best[sure])
     alphabet = "".join(ALPHABET[k - 1] for k in classes)
     searched = logp[:, np.concatenate([[0], classes])]
-    fits = [f for f in (ctc_best_path_as(searched, layout, alphabet) for layout in PLATE_LAYOUTS) if f]
-    if not fits:
+    fit = ctc_best_path_as(searched, PLATE_LAYOUTS, alphabet)
+    if fit is None:
         return None
-    text, score, probs = max(fits, key=lambda f: f[1])
+    text, score, probs = fit
     if logp.max(axis=1).sum() - score > max_gap or min(probs) < min_char:
         return None
     return text, float(np.prod(probs)), probs
