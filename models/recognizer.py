@@ -112,11 +112,14 @@ def to_blob(images: np.ndarray) -> np.ndarray:
     return ((images.astype(np.float32) / 255.0 - 0.5) / 0.5)[:, None]
 
 
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
 def ctc_decode(logits: np.ndarray, alphabet: str = ALPHABET) -> tuple[str, float, tuple[float, ...]]:
     """Greedy CTC over (T, classes) logits: text, confidence (product of char probs), per-char probs."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(z)
-    probs /= probs.sum(axis=1, keepdims=True)
+    probs = np.exp(_log_softmax(logits))
     best = probs.argmax(axis=1)
     best_probs = probs[np.arange(len(best)), best].tolist()
     chars, confs, prev = [], [], 0
@@ -129,11 +132,6 @@ def ctc_decode(logits: np.ndarray, alphabet: str = ALPHABET) -> tuple[str, float
         prev = k
     conf = float(np.prod(confs)) if confs else 0.0
     return "".join(chars), conf, tuple(round(c, 4) for c in confs)
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
 def ctc_best_path_as(logp: np.ndarray, layouts, alphabet: str = ALPHABET):
