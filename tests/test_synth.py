@@ -68,6 +68,16 @@ def test_degraded_plates_are_varied_and_reproducible():
     assert a.shape != c.shape or not np.array_equal(a, c)
 
 
+def test_stroke_makes_bolder_characters_in_the_same_places():
+    def ink(stroke):
+        img, _ = synth.render_plate("冀A12345", "small", np.random.default_rng(1), stroke=stroke)
+        return img.min(axis=2) > 200   # white characters on blue
+    plain, bold = ink(0), ink(2)
+    assert bold.sum() > 1.2 * plain.sum()   # the frame and the dot stay as they are
+    assert (plain & ~bold).sum() == 0   # only added to, nowhere moved
+    assert np.array_equal(plain, ink(0))
+
+
 @pytest.mark.parametrize("night", [False, True])
 def test_scene_boxes_hold_the_plates(night):
     rng = np.random.default_rng(11)

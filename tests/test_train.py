@@ -1,12 +1,15 @@
-"""The training data order (models/train.py): what each epoch draws from the real crops."""
+"""Training (models/train.py): what each epoch draws from the real crops, how it cuts them, which
+command made each shipped network."""
 import collections
 import json
 
+import cv2
 import numpy as np
+import pytest
 
 from models.dataset import Sample
 from models.recognizer import MODEL_DIR
-from models.train import parse_args, real_order
+from models.train import parse_args, real_order, tilted_cut
 
 
 def crops(provinces: dict[str, int]) -> list[Sample]:
@@ -43,8 +46,36 @@ def test_the_order_follows_the_seed():
     assert first != real_order(samples, 3, 0.5, np.random.default_rng(8))
 
 
-def test_the_shipped_model_was_made_by_the_default_command():
-    training = json.loads((MODEL_DIR / "manifest.json").read_text())["training"]
-    defaults = parse_args([])
-    assert (training["seed"], training["epochs"], training["province_balance"]) == \
-        (defaults.seed, defaults.epochs, defaults.province_balance)
+RECIPE = ("seed", "epochs", "province_balance", "tilt", "bold", "ema")
+
+
+@pytest.mark.parametrize("folder,command", [("", [])])
+def test_each_shipped_network_was_made_by_its_documented_command(folder, command):
+    training = json.loads((MODEL_DIR / folder / "manifest.json").read_text())["training"]
+    args = parse_args(command)
+    assert {k: training[k] for k in RECIPE} == {k: getattr(args, k) for k in RECIPE}
+    assert args.out == MODEL_DIR / folder
+
+
+def test_options_given_with_second_opinion_override_it():
+    args = parse_args(["--second-opinion", "--epochs", "2", "--out", "/tmp/x"])
+    assert (args.epochs, str(args.out), args.tilt, args.ema) == (2, "/tmp/x", True, 0.999)
+
+
+@pytest.mark.parametrize("angle,shear", [(0, 0), (12, 0), (-12, 0), (3, 0.2), (-5, -0.2)])
+def test_a_tilted_cut_holds_the_whole_plate_and_little_else(angle, shear):
+    scene = np.zeros((200, 300, 3), np.uint8)
+    scene[70:130, 50:250] = 255                       # the plate, with 50 and 70 pixels around it
+    cut = tilted_cut(scene, (50, 70, 50, 70), angle, shear, (0, 0, 0, 0))
+    plate = cv2.cvtColor(cut, cv2.COLOR_BGR2GRAY) > 127
+    assert abs(plate.sum() - 200 * 60) < 0.03 * 200 * 60      # all of it, turned
+    assert plate[:, :3].any() and plate[:, -3:].any() and plate[:3].any() and plate[-3:].any()   # box fits it
+    tilted = np.deg2rad(abs(angle))
+    assert abs(cut.shape[1] - (200 * np.cos(tilted) + 60 * np.sin(tilted))) <= 2
+
+
+def test_moved_edges_grow_or_cut_the_box():
+    scene = np.zeros((200, 300, 3), np.uint8)
+    scene[70:130, 50:250] = 255
+    assert tilted_cut(scene, (50, 70, 50, 70), 0, 0, (-0.1, -0.1, 0.1, 0.1)).shape[:2] == (72, 240)
+    assert tilted_cut(scene, (50, 70, 50, 70), 0, 0, (0.05, 0.1, -0.05, -0.1)).shape[:2] == (48, 180)
