@@ -219,6 +219,10 @@ def train(args) -> dict:
     import torch
     from torch import nn
 
+    from models.export import export_all   # here, not at the end: an export that cannot load would lose the run
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)   # and a folder that cannot be made
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -312,9 +316,6 @@ def train(args) -> dict:
     report["synth"] = table["all"]
     print(f"\ntraining took {train_s / 60:.1f} min ({args.epochs} epochs, {args.threads} threads)")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from models.export import export_all
     report["seed"] = args.seed
     report["epochs"] = args.epochs
     report["province_balance"] = args.province_balance
