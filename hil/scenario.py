@@ -23,7 +23,8 @@ PARTS = {
     "readers": ("drivers.readers", "drivers.reader_sim"),
     "sync": ("agent.sync",),
     "vision": ("agent.vision", "drivers.camera", "models.recognizer",
-               "file:models/manifest.json", "file:models/plate_ocr.onnx"),
+               "file:models/manifest.json", "file:models/plate_ocr.onnx",
+               "file:models/second/manifest.json", "file:models/second/plate_ocr.onnx"),
     "model": ("models.synth",),
     "decisions": ("agent.decisions", "agent.lists"),
     "real_plates": (),   # the labelled plate photos in ../shared/data/plates (GATE_SHARED)

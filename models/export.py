@@ -6,8 +6,11 @@
     models/plate_ocr.onnx           the same network for cv2.dnn (legacy exporter, dynamo=False)
     models/manifest.json            sha256 of each of those files
 
-`python -m models.export [--out DIR]` re-exports from plate_ocr.pth (for example
-after an onnx or torch upgrade) without training again.
+models/second/ holds the second network (models/train.py --second-opinion) in the same
+files; its easyocr/plate_ocr.py is a link to the one definition.
+
+`python -m models.export [--out DIR]` re-exports both networks from their plate_ocr.pth
+(for example after an onnx or torch upgrade) without training again.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from agent.platecodes import ALPHABET
-from models.recognizer import INPUT_H, INPUT_W, MODEL_DIR, NETWORK
+from models.recognizer import INPUT_H, INPUT_W, MODEL_DIR, NETWORK, SECOND_OPINION_DIR
 
 NETWORK_PARAMS = {"input_channel": 1, "output_channel": 128, "hidden_size": 0}
 LANG_LIST = ["ch_sim", "en"]
@@ -80,10 +83,12 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=MODEL_DIR)
     args = p.parse_args(argv)
-    net = load_trained(MODEL_DIR)
-    old = json.loads((MODEL_DIR / "manifest.json").read_text()) if (MODEL_DIR / "manifest.json").is_file() else {}
-    keep = {k: v for k, v in old.items() if k == "training"}
-    print(json.dumps(export_all(net, args.out, keep)["files"], indent=2))
+    for network in ("", SECOND_OPINION_DIR):
+        source = MODEL_DIR / network
+        old = json.loads((source / "manifest.json").read_text()) if (source / "manifest.json").is_file() else {}
+        keep = {k: v for k, v in old.items() if k == "training"}
+        files = export_all(load_trained(source), args.out / network, keep)["files"]
+        print(f"{args.out / network}: " + json.dumps(files, indent=2))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ import itertools
 import numpy as np
 import pytest
 
-from agent.platecodes import ALPHABET, is_valid
-from models.recognizer import GRAMMAR_MIN_CHAR, Recognizer, ctc_best_path_as, ctc_decode, fit_to_grammar
+from agent.platecodes import is_valid
+from models.recognizer import GRAMMAR_MIN_CHAR, ctc_best_path_as, ctc_decode, fit_to_grammar
+from scripted_network import Scripted, plate_logits
 
 
 def collapse(path, alphabet):
@@ -53,16 +54,6 @@ def test_too_few_time_steps_fit_nothing():
     assert ctc_best_path_as(np.zeros((2, 3)), (("A", "A"),), "AB") is None
 
 
-def plate_logits(path: str, sure: float = 8.0, extra: dict | None = None):
-    """Logits of 32 steps over ALPHABET spelling `path` ('-' is a blank), sure of each step."""
-    logits = np.zeros((32, len(ALPHABET) + 1))
-    for t, ch in enumerate(path.ljust(32, "-")):
-        logits[t, 0 if ch == "-" else ALPHABET.index(ch) + 1] = sure
-    for t, (ch, value) in (extra or {}).items():
-        logits[t, 0 if ch == "-" else ALPHABET.index(ch) + 1] = value
-    return logits
-
-
 def test_a_read_that_fits_is_what_greedy_reads():
     logits = plate_logits("-皖-A-N-8-8-5-L-")
     assert ctc_decode(logits)[0] == "皖AN885L"
@@ -89,21 +80,6 @@ def test_a_fit_through_an_unsure_character_is_refused():
     assert fit_to_grammar(unsure_l) is None
     assert fit_to_grammar(unsure_l, min_char=0.5)[0] == "皖AN885L"
     assert GRAMMAR_MIN_CHAR > 0.6
-
-
-class Scripted(Recognizer):
-    """An engine whose network answers fixed logits: the read logic without a model."""
-
-    engine = "scripted"
-
-    def __init__(self, logits):
-        self.logits = logits
-
-    def _logits(self, images):
-        return np.stack([self.logits] * len(images))
-
-    def _infer(self, images):
-        return [ctc_decode(l) for l in self._logits(images)], None
 
 
 def test_read_refits_a_near_plate_and_keeps_the_rest():

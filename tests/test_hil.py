@@ -120,7 +120,8 @@ def test_scenario_with_parts_not_built_is_skipped_with_the_reason(tmp_path, monk
     result = Rig(scenario).run()
     assert result.status == SKIP
     assert result.reason == ("not built yet: drivers.gpio, drivers.camera, file:models/manifest.json, "
-                             "file:models/plate_ocr.onnx")
+                             "file:models/plate_ocr.onnx, file:models/second/manifest.json, "
+                             "file:models/second/plate_ocr.onnx")
     assert "SKIPPED" in table([result]) and "not built yet: drivers.gpio" in table([result])
 
 

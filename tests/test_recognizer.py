@@ -28,7 +28,8 @@ def held_out():
 def copy_models(tmp_path):
     dest = tmp_path / "models"
     shutil.copytree(MODEL_DIR, dest, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
-    shutil.copy(MODEL_DIR / "easyocr" / "plate_ocr.py", dest / "easyocr" / "plate_ocr.py")
+    for network in (dest, dest / "second"):
+        shutil.copy(MODEL_DIR / "easyocr" / "plate_ocr.py", network / "easyocr" / "plate_ocr.py")
     return dest
 
 
@@ -55,6 +56,14 @@ def test_missing_manifest_is_named(tmp_path):
         load_recognizer("opencv", dest)
 
 
+def test_missing_second_network_is_named(tmp_path):
+    dest = copy_models(tmp_path)
+    (dest / "second" / "plate_ocr.onnx").unlink()
+    with pytest.raises(ModelFilesError, match=r"missing: .*second/plate_ocr\.onnx"):
+        load_recognizer("opencv", dest)
+    assert not load_recognizer("opencv", dest, alone=True).read(np.full((40, 140), 90, np.uint8)).second_opinion
+
+
 def test_unknown_engine():
     with pytest.raises(ValueError, match="unknown recogniser engine 'tesseract'"):
         load_recognizer("tesseract")
@@ -73,6 +82,17 @@ def test_reads_real_held_out_crops(opencv, held_out):
     assert chars >= 0.98
     right = [r for r, s in zip(reads, held_out) if r.text == s.text]
     assert all(len(r.char_confidences) == len(r.text) and 0 < r.confidence <= 1 for r in right)
+
+
+def test_the_second_network_mends_reads_the_first_is_unsure_of(opencv, held_out):
+    first = load_recognizer("opencv", alone=True)
+    alone = [first.read(s.image) for s in held_out]
+    pair = [opencv.read(s.image) for s in held_out]
+    asked = [r.second_opinion for r in pair]
+    assert 0 < sum(asked) < 0.25 * len(held_out)
+    assert all(a == b for a, b, was in zip(alone, pair, asked) if not was)   # the rest: the first alone
+    right = [sum(r.text == s.text for r, s in zip(reads, held_out)) for reads in (alone, pair)]
+    assert right[1] > right[0], right
 
 
 def test_real_blue_crops_are_blue(held_out):
@@ -105,13 +125,18 @@ def test_easyocr_gives_the_same_text(opencv, held_out):
     sample = held_out[::4]
     a = [opencv.read(s.image) for s in sample]
     b = [easy.read(s.image) for s in sample]
-    assert [r.text for r in a] == [r.text for r in b]
+    assert [(r.text, r.second_opinion) for r in a] == [(r.text, r.second_opinion) for r in b]
+    assert any(r.second_opinion for r in a)
 
 
 def test_both_engines_refit_from_the_same_network_output(opencv, held_out):
     pytest.importorskip("easyocr", reason="easyocr not installed: pip install -e .[easyocr] (CI installs it)")
     from models.recognizer import preprocess
     images = np.stack([preprocess(s.image, 1) for s in held_out[:16]])
-    a, b = opencv._logits(images), load_recognizer("easyocr")._logits(images)
+    easy = load_recognizer("easyocr")
+    a, b = opencv._logits(images), easy._logits(images)
     assert a.shape == b.shape == (16, 32, 74)
     assert np.abs(a - b).max() < 1e-3
+    decoded, kept = easy._infer(images)   # what the network said while easyocr read, not a second run
+    assert np.abs(kept - a).max() < 1e-3
+    assert [d[0] for d in decoded] == [opencv._infer(images[i:i + 1])[0][0][0] for i in range(16)]

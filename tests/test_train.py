@@ -49,7 +49,7 @@ def test_the_order_follows_the_seed():
 RECIPE = ("seed", "epochs", "province_balance", "tilt", "bold", "ema")
 
 
-@pytest.mark.parametrize("folder,command", [("", [])])
+@pytest.mark.parametrize("folder,command", [("", []), ("second", ["--second-opinion"])])
 def test_each_shipped_network_was_made_by_its_documented_command(folder, command):
     training = json.loads((MODEL_DIR / folder / "manifest.json").read_text())["training"]
     args = parse_args(command)

@@ -1,0 +1,1 @@
+../../easyocr/plate_ocr.py
