@@ -37,13 +37,14 @@ import numpy as np
 from agent.platecodes import ALPHABET, normalise
 from models import synth
 from models.dataset import Sample, load_real
-from models.recognizer import INPUT_H, INPUT_W, MODEL_DIR, NETWORK, char_accuracy, ctc_decode, preprocess, to_blob
+from models.recognizer import (INPUT_H, INPUT_W, MODEL_DIR, NETWORK, SECOND_OPINION_DIR, char_accuracy, ctc_decode,
+                               preprocess, to_blob)
 
 DEFAULT_DATA = Path(os.environ.get("GATE_SHARED", Path(__file__).resolve().parent.parent.parent / "shared")) / "data" / "plates"
 NETWORK_PARAMS = {"input_channel": 1, "output_channel": 128, "hidden_size": 0}
 NUM_CLASS = len(ALPHABET) + 1
 STROKES = (0, 1, 1, 2)  # --bold: extra ink on synthetic characters; most plates are bolder than the fonts draw them
-SECOND_OPINION = ("--epochs", "48", "--tilt", "--bold", "--ema", "0.999", "--out", str(MODEL_DIR / "second"))
+SECOND_OPINION = ("--epochs", "48", "--tilt", "--bold", "--ema", "0.999", "--out", str(MODEL_DIR / SECOND_OPINION_DIR))
 
 
 def load_network_class(model_dir: Path = MODEL_DIR):
@@ -112,7 +113,10 @@ def make_synth(n: int, seed: int, label: str, per_kind: bool = False, bold: bool
 
 def jitter_real(sample: Sample, rng: np.random.Generator, tilt: bool = False) -> np.ndarray:
     """A fresh cut of a real plate: box edges moved, a small rotation, camera faults; with
-    `tilt`, now and then turned by up to 12 degrees or seen from the side (tilted_jitter)."""
+    `tilt`, now and then turned by up to 12 degrees or seen from the side (tilted_jitter).
+
+    The two cut differently and draw from the generator in a different order; each is what
+    one shipped network was trained with, so neither can change without retraining it."""
     if tilt:
         return tilted_jitter(sample, rng)
     img = sample.image
