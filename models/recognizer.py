@@ -257,11 +257,9 @@ def refit(read: PlateRead, logits: np.ndarray) -> PlateRead:
     return replace(read, text=normalise(fitted[0]), confidence=fitted[1], char_confidences=fitted[2])
 
 
-def is_sure_plate(read: PlateRead, logits: np.ndarray) -> bool:
-    """A read that fits the plate grammar with every character at SECOND_OPINION_BELOW or surer
-    (per character as ctc_decode gives them from `logits` where the engine gave none)."""
-    confidences = read.char_confidences or ctc_decode(logits)[2]
-    return is_valid(read.text) and min(confidences, default=0.0) >= SECOND_OPINION_BELOW
+def is_sure_plate(read: PlateRead) -> bool:
+    """A read that fits the plate grammar with every character at SECOND_OPINION_BELOW or surer."""
+    return is_valid(read.text) and min(read.char_confidences, default=0.0) >= SECOND_OPINION_BELOW
 
 
 # ----------------------------------------------------------------- engines
@@ -293,7 +291,7 @@ class Recognizer:
         output = logits[i] if logits is not None else self._logits(images[i:i + 1])[0]
         if needs_refit(best):
             best = refit(best, output)
-        if self.second is None or len(best.text) not in GRAMMAR_FIT_LENGTHS or is_sure_plate(best, output):
+        if self.second is None or len(best.text) not in GRAMMAR_FIT_LENGTHS or is_sure_plate(best):
             return best
         return self._with_second_opinion(images[i:i + 1], output, best.rows)
 
@@ -358,15 +356,20 @@ class EasyOCRRecognizer(Recognizer):
         self.reader.recognizer.register_forward_hook(lambda net, args, output: self._outputs.append(output.numpy()))
 
     def _infer(self, images):
-        out = []
+        """easyocr's texts and confidences; the per-character probabilities (easyocr gives none)
+        from the output its network gave for the same read, as the OpenCV engine has them."""
+        texts = []
         self._outputs.clear()
         for img in images:
             # contrast_ths=0: no second pass with easyocr's contrast boost, so both engines see one input
             res = self.reader.recognize(img, allowlist=ALPHABET, contrast_ths=0.0, detail=1)
             text, conf = (res[0][1], float(res[0][2])) if res else ("", 0.0)
-            out.append((text.replace(" ", ""), conf, ()))
-        outputs = np.concatenate(self._outputs) if self._outputs else None
-        return out, outputs if outputs is not None and len(outputs) == len(images) else None
+            texts.append((text.replace(" ", ""), conf))
+        outputs = np.concatenate(self._outputs) if self._outputs else np.empty((0,))
+        if len(outputs) != len(images):
+            return [(text, conf, ()) for text, conf in texts], None
+        decoded = [ctc_decode(o) for o in outputs]
+        return [(text, conf, d[2] if d[0] == text else ()) for (text, conf), d in zip(texts, decoded)], outputs
 
     def _logits(self, images):
         """The network easyocr loaded, called directly: easyocr's API gives text, not logits."""

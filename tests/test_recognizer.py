@@ -139,4 +139,6 @@ def test_both_engines_refit_from_the_same_network_output(opencv, held_out):
     assert np.abs(a - b).max() < 1e-3
     decoded, kept = easy._infer(images)   # what the network said while easyocr read, not a second run
     assert np.abs(kept - a).max() < 1e-3
-    assert [d[0] for d in decoded] == [opencv._infer(images[i:i + 1])[0][0][0] for i in range(16)]
+    expected = [opencv._infer(images[i:i + 1])[0][0] for i in range(16)]
+    assert [d[0] for d in decoded] == [e[0] for e in expected]
+    assert all(np.allclose(d[2], e[2], atol=1e-3) and len(d[2]) == len(d[0]) for d, e in zip(decoded, expected))
