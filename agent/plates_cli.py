@@ -70,7 +70,9 @@ def _reader_or_fail(engine: str, detect_only: bool):
 def read_cmd(images, as_json, engine, min_confidence, show_all, detect_only):
     """Read the plates in still images (files or folders of images), one line per image.
 
-    Needs no config file. Unreadable files are reported on their line and the
+    An image may be a scene or a plate crop: an image wider than 1.8:1 in which
+    no plate is found is read whole (its box is then the whole image). Needs no
+    config file. Unreadable files are reported on their line and the
     others are still read; the exit code is then 1.
 
     \b
@@ -79,7 +81,7 @@ def read_cmd(images, as_json, engine, min_confidence, show_all, detect_only):
       gate-agent plates read shots/
     """
     from agent.plates.detect import Detector
-    from agent.plates.pipeline import read_plates
+    from agent.plates.pipeline import read_still
     from drivers.camera import CameraError, decode_image
     reader = _reader_or_fail(engine, detect_only)
     detector = Detector()
@@ -92,7 +94,7 @@ def read_cmd(images, as_json, engine, min_confidence, show_all, detect_only):
         started = time.perf_counter()
         try:
             image = decode_image(path)
-            results = read_plates(image, detector, reader)
+            results = read_still(image, detector, reader)
         except CameraError as exc:
             errors += 1
             line["error"] = str(exc)

@@ -70,6 +70,23 @@ def test_read_with_the_recogniser_follows_the_contract():
             assert 0 <= plate["confidence"] <= 1 and len(plate["text"]) in (7, 8)
 
 
+def test_a_plate_crop_the_detector_cannot_find_is_read_whole():
+    """A real crop cut at the plate's border: no edge for the detector, read whole by `plates read`."""
+    if not _recogniser_available():
+        pytest.skip("no recogniser: covered by test_read_with_the_recogniser_follows_the_contract")
+    crop = need_plates() / "hyperlpr3" / "_1_皖KD01833.jpg"
+    from agent.plates.detect import Detector
+    from agent.plates.pipeline import read_plates
+    from agent.plates.recognise import load_reader
+    from drivers.camera import decode_image
+    found = read_plates(decode_image(crop), Detector(), load_reader("opencv"))
+    assert not any(r.valid for r in found), "the detector now finds this plate: pick another crop"
+    result = run_cli("plates", "read", "--json", crop, env=NO_CONFIG)
+    assert result.returncode == 0, result.stderr
+    plates = json.loads(result.stdout)["plates"]
+    assert [(p["text"], p["color"], p["box"]) for p in plates] == [("皖KD01833", "green", [0, 0, 247, 69])]
+
+
 def test_missing_file_only_is_reported_not_a_traceback(tmp_path):
     result = run_cli("plates", "read", tmp_path / "nope.jpg", "--detect-only", env=NO_CONFIG)
     assert result.returncode == 1

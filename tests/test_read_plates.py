@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from agent.plates.detect import Detection
-from agent.plates.pipeline import is_partial_plate, read_plates
+from agent.plates.pipeline import is_partial_plate, read_plates, read_still
 from agent.plates.recognise import Reading
 from agent.plates.recognise import load_reader
 from models import synth
@@ -108,3 +108,37 @@ def test_plates_get_one_colour_rule_with_or_without_a_reader(reader):
     alone = read_plates(np.zeros((60, 800, 3), np.uint8), RankedDetector(crops))
     read = read_plates(np.zeros((60, 800, 3), np.uint8), RankedDetector(crops), reader)
     assert [r.color for r in alone] == [r.color for r in read] == ["blue", "yellow", "green"]
+
+
+class NothingFound:
+    """A detector that finds no plate (as on a crop cut at the plate's border)."""
+
+    max_plates = 3
+
+    def detect(self, image, roi=None, keep=None):
+        return []
+
+
+def test_a_still_plate_crop_the_detector_misses_is_read_whole(reader):
+    crop = plate_crop("浙C3K071")
+    results = read_still(crop, NothingFound(), reader)
+    h, w = crop.shape[:2]
+    assert [(r.text, r.valid, r.detection.box, r.detection.score) for r in results] == [("浙C3K071", True, (0, 0, w, h), 0.0)]
+    assert results[0].color == "blue" and results[0].confidence > 0.5
+
+
+def test_a_still_frame_shaped_image_is_never_read_whole(reader):
+    """A 16:9 image with no plate found is a scene without a plate, whatever it would read as."""
+    frame = cv2.resize(plate_crop("浙C3K071"), (320, 180))
+    assert read_still(frame, NothingFound(), reader) == []
+
+
+def test_a_whole_read_that_fits_no_plate_is_not_reported(reader):
+    assert read_still(sign_crop(6), NothingFound(), reader) == []
+
+
+def test_a_still_image_with_a_plate_found_is_not_read_again(reader):
+    detector = RankedDetector([plate_crop("苏E12345")])
+    wide = np.zeros((60, 700, 3), np.uint8)
+    assert [r.text for r in read_still(wide, detector, reader)] == ["苏E12345"]
+    assert [r.detection.score for r in read_still(wide, detector, reader)] == [0.9]
