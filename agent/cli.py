@@ -98,7 +98,8 @@ def config_example():
 def status(ctx, as_json):
     """Show the outbox depth per priority, the last sync and each subsystem's health.
 
-    Reads the local database; works while the agent runs.
+    Reads the local database; works while the agent runs. Exits 1 when it
+    cannot read it.
 
     \b
     Example:
@@ -108,6 +109,8 @@ def status(ctx, as_json):
     cfg = load_config(ctx, check_files=False)
     report = collect(cfg)
     click.echo(json.dumps(report, ensure_ascii=False, indent=2) if as_json else render(report))
+    if "error" in report:
+        sys.exit(1)
 
 
 @cli.command()

@@ -31,7 +31,7 @@ AREAS = [
 class Gate:
     def __init__(self, config, *, pin_factory=None, simulated: bool = False):
         self.sealer = Sealer(load_key(config.privacy.key_file))
-        self.store = open_store(config, self.sealer)
+        self.store = open_store(config, self.sealer, set_aside_damaged=True)
         self.config = config.with_remote(self.store.state_get("remote_config"))
         """the file's config with the platform's last signed settings over it, applied at start
         so every area reads one config (a newer version received while running waits for

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import time
 
-from agent.store import StoreError, open_store
+from agent.store import StoreError, damaged_files, open_store
 
 
 def collect(config) -> dict:
+    set_aside = [p.name for p in damaged_files(config.storage.data_dir)]
     try:
         store = open_store(config)
     except StoreError as exc:
-        return {"error": str(exc)}
+        return {"error": str(exc), "damaged_set_aside": set_aside}
     try:
         depth = store.depth()
         last = store.last_sent()
@@ -23,6 +24,7 @@ def collect(config) -> dict:
             "subsystems": store.state_get("subsystems", {}),
             "drill": store.state_get("drill", {"on": False}),
             "disk_free_mb": store.disk_free_mb(),
+            "damaged_set_aside": set_aside,
         }
     finally:
         store.close()
@@ -30,8 +32,8 @@ def collect(config) -> dict:
 
 def render(report: dict) -> str:
     if "error" in report:
-        return f"store: {report['error']}"
-    lines = [f"device {report['device_id']} at {report['site']}"]
+        return "\n".join([f"store: {report['error']}", *_set_aside_lines(report)])
+    lines = [f"device {report['device_id']} at {report['site']}", *_set_aside_lines(report)]
     prio = report["outbox"]["by_priority"]
     lines.append("outbox: " + ", ".join(f"{k} {v}" for k, v in prio.items())
                  + f" (oldest unsent {report['outbox']['oldest_unsent_s']} s)")
@@ -45,3 +47,8 @@ def render(report: dict) -> str:
     for name, info in sorted(subsystems.items()):
         lines.append(f"  {name:<10} {info.get('state', '?'):<10} {info.get('detail', '')}")
     return "\n".join(lines)
+
+
+def _set_aside_lines(report: dict) -> list[str]:
+    return [f"DAMAGED STORE SET ASIDE: {name} (its unsent records are in it: docs/records.md, a damaged store)"
+            for name in report.get("damaged_set_aside", [])]

@@ -89,6 +89,37 @@ class DiskFull(StoreError):
     pass
 
 
+class DamagedStore(StoreError):
+    """gate.db is there but SQLite cannot read it as a database (an SD card's failure, most often)."""
+
+
+# What SQLite says of a file that is not (or no longer) a database.
+DAMAGE_ERRORS = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def is_sqlite_file(path: Path) -> bool:
+    """False for a file that is there and does not start as SQLite's do.
+
+    Checked before SQLite opens it: SQLite, finding no database in the main file,
+    deletes its -wal file when the connection closes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return True   # SQLite's own open says what is wrong
+    return head in (b"", SQLITE_MAGIC)
+
+
+def _as_store_error(exc: sqlite3.Error, path: Path, doing: str) -> StoreError:
+    kind = DamagedStore if getattr(exc, "sqlite_errorname", "") in DAMAGE_ERRORS else StoreError
+    return kind(f"cannot {doing} database {path}: {exc}")
+
+
 class Store:
     def __init__(self, data_dir: str | os.PathLike, *, device_id: str, site: str,
                  tz: str = "Asia/Shanghai", sealer: Sealer | None = None,
@@ -97,6 +128,8 @@ class Store:
         self.dir = Path(data_dir)
         self.image_dir = self.dir / "images"
         self.path = self.dir / "gate.db"
+        if not is_sqlite_file(self.path):
+            raise DamagedStore(f"cannot open database {self.path}: file is not a database")
         self.device_id, self.site, self.tz = device_id, site, tz
         self.sealer = sealer
         self.retention = retention or {}
@@ -115,7 +148,11 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot create data directory {self.dir} (storage.data_dir): "
                              f"{exc.strerror}") from None
-        self._migrate()
+        try:
+            self._migrate()
+        except StoreError:
+            self.close()
+            raise
         self._keep_reserve()
 
     # --- connections -----------------------------------------------------------
@@ -127,7 +164,7 @@ class Store:
             try:
                 conn = self._connections.get()
             except sqlite3.Error as exc:
-                raise StoreError(f"cannot open database {self.path}: {exc}") from None
+                raise _as_store_error(exc, self.path, "open") from None
             db = sqlite_utils.Database(conn)
             self._local.db = db
         return db
@@ -138,6 +175,12 @@ class Store:
 
     def _migrate(self) -> None:
         conn = self.db.conn
+        try:
+            self._migrate_schema(conn)
+        except sqlite3.DatabaseError as exc:
+            raise _as_store_error(exc, self.path, "read") from None
+
+    def _migrate_schema(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
             raise StoreError(f"{self.path} has schema version {version}, newer than this agent "
@@ -404,8 +447,45 @@ class Store:
         return round(shutil.disk_usage(self.dir).free / 1024 / 1024, 1)
 
 
-def open_store(config, sealer: Sealer | None = None) -> Store:
-    """The store described by a validated config."""
+def open_store(config, sealer: Sealer | None = None, *, set_aside_damaged: bool = False) -> Store:
+    """The store described by a validated config.
+
+    With set_aside_damaged (the agent itself, not the tools beside it), a gate.db
+    SQLite cannot read is renamed, with its -wal and -shm files, to
+    gate.db.damaged-<UTC time>, a new one is started and a `fault` record says
+    so: a gate that will not start leaves its alarm buttons unheard, and the
+    file set aside keeps what it held for an installer to recover."""
+    try:
+        return _store(config, sealer)
+    except DamagedStore as exc:
+        if not set_aside_damaged:
+            raise
+        damage = exc
+    moved = set_aside(Path(config.storage.data_dir) / "gate.db")
+    log.error("%s: set aside as %s; starting a new store", damage, moved)
+    store = _store(config, sealer)
+    store.add("fault", {"subsystem": "store", "condition": "damaged_set_aside",
+                        "detail": f"{damage}; set aside as {moved.name} (its unsent records are in it: "
+                                  "docs/records.md, a damaged store) and a new store started"})
+    return store
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a database and its -wal/-shm files to <name>.damaged-<UTC time>; the new name."""
+    target = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    for suffix in ("-wal", "-shm", ""):
+        part = path.with_name(path.name + suffix)
+        if part.exists():
+            part.rename(target.with_name(target.name + suffix))
+    return target
+
+
+def damaged_files(data_dir: str | os.PathLike) -> list[Path]:
+    """The stores set aside as damaged in data_dir, oldest first."""
+    return sorted(p for p in Path(data_dir).glob("gate.db.damaged-*") if not p.name.endswith(("-wal", "-shm")))
+
+
+def _store(config, sealer: Sealer | None) -> Store:
     return Store(config.storage.data_dir, device_id=config.device.id, site=config.device.site,
                  tz=config.device.timezone, sealer=sealer,
                  retention=config.storage.retention.to_dict(), quota_mb=config.storage.quota_mb,

@@ -67,3 +67,29 @@ def test_status_shows_subsystems_after_run(config_file):
     assert report["device_id"] == "21010200001210000001"
     assert report["outbox"]["total"] >= 0
     assert isinstance(report["subsystems"], dict)
+
+
+def test_a_damaged_store_is_set_aside_and_the_gate_runs(config_file, tmp_path):
+    """An SD card that damaged gate.db must not keep the alarm buttons unheard: status
+    names the damage (exit 1), the agent sets the file aside, starts and says so."""
+    path = config_file()
+    data = tmp_path / "data"
+    data.mkdir()
+    garbage = os.urandom(8192)
+    (data / "gate.db").write_bytes(garbage)
+    before = run_cli("--config", path, "status")
+    assert before.returncode == 1 and "Traceback" not in before.stderr
+    assert "gate.db: file is not a database" in before.stdout
+    proc = start_agent(path)
+    try:
+        lines = read_until(proc, "gate-agent running")
+        status = run_cli("--config", path, "status")
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    [moved] = data.glob("gate.db.damaged-*")
+    assert moved.read_bytes() == garbage
+    assert any("set aside as" in json.loads(line)["msg"] for line in lines)
+    assert status.returncode == 0
+    assert f"DAMAGED STORE SET ASIDE: {moved.name}" in status.stdout and "outbox: alarm 0" in status.stdout

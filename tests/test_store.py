@@ -10,7 +10,7 @@ import pytest
 
 from agent.privacy import Sealer, load_key
 from agent.records import Record
-from agent.store import Store, StoreError
+from agent.store import DamagedStore, Store, StoreError, damaged_files, open_store
 from conftest import ROOT
 
 ALARM = {"button": "b1", "location": "desk", "drill": False, "pressed_at": "2026-11-24T10:00:00+08:00"}
@@ -209,3 +209,51 @@ def test_a_file_that_is_not_a_database_is_named_and_left_alone(tmp_path):
     with pytest.raises(StoreError, match=r"cannot open database .*gate\.db: file is not a database"):
         Store(tmp_path, device_id="21010200001320000001", site="test")
     assert (tmp_path / "gate.db").read_bytes() == garbage
+
+
+def test_a_malformed_database_is_damage_named_and_left_alone(tmp_path):
+    s = Store(tmp_path, device_id="21010200001320000001", site="test", reserve_mb=1)
+    s.add("health", HEALTH)
+    s.close()
+    damaged = bytearray((tmp_path / "gate.db").read_bytes())
+    damaged[100:4096] = os.urandom(3996)   # page 1 past the header: the schema
+    (tmp_path / "gate.db").write_bytes(damaged)
+    with pytest.raises(DamagedStore, match=r"gate\.db: database disk image is malformed"):
+        Store(tmp_path, device_id="21010200001320000001", site="test", reserve_mb=1)
+    assert (tmp_path / "gate.db").read_bytes() == damaged
+
+
+def test_a_store_that_cannot_be_opened_for_another_reason_is_not_damage(tmp_path):
+    (tmp_path / "gate.db").mkdir()
+    with pytest.raises(StoreError) as raised:
+        Store(tmp_path, device_id="21010200001320000001", site="test", reserve_mb=1)
+    assert not isinstance(raised.value, DamagedStore)
+
+
+def _config(tmp_path):
+    from agent.config import parse
+    from conftest import MINIMAL
+    return parse(MINIMAL.format(data_dir=tmp_path / "data"), str(tmp_path / "config.toml"), False)
+
+
+def test_the_agent_sets_a_damaged_store_aside_and_starts_a_new_one(tmp_path):
+    config = _config(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    garbage, wal = os.urandom(4096), os.urandom(512)
+    (data / "gate.db").write_bytes(garbage)
+    (data / "gate.db-wal").write_bytes(wal)
+    with pytest.raises(DamagedStore):
+        open_store(config)   # the tools beside the agent leave it alone
+    store = open_store(config, set_aside_damaged=True)
+    try:
+        [moved] = damaged_files(data)
+        assert moved.read_bytes() == garbage and moved.with_name(moved.name + "-wal").read_bytes() == wal
+        assert not (data / "gate.db-wal").exists() or (data / "gate.db-wal").read_bytes() != wal
+        [fault] = [r for r in store.pending(10) if r.kind == "fault"]
+        assert fault.data["subsystem"] == "store" and fault.data["condition"] == "damaged_set_aside"
+        assert moved.name in fault.data["detail"] and "file is not a database" in fault.data["detail"]
+        store.add("alarm", ALARM)
+        assert [r.kind for r in store.pending(10)] == ["alarm", "fault"]
+    finally:
+        store.close()
