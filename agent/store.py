@@ -95,8 +95,6 @@ class DamagedStore(StoreError):
 
 # What SQLite says of a file that is not (or no longer) a database.
 DAMAGE_ERRORS = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
-
-
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -108,10 +106,8 @@ def is_sqlite_file(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(len(SQLITE_MAGIC))
-    except FileNotFoundError:
-        return True
     except OSError:
-        return True   # SQLite's own open says what is wrong
+        return True   # missing: a new store; unreadable: SQLite's own open says why
     return head in (b"", SQLITE_MAGIC)
 
 

@@ -69,9 +69,7 @@ def read_plates(image: np.ndarray, detector: Detector, reader=None, roi=None) ->
         reading = reader.read(det.crop)
         if not (reading.valid or is_partial_plate(reading)):
             continue
-        results.append(PlateResult(det, text=reading.text, confidence=reading.confidence,
-                                   char_confidences=reading.char_confidences,
-                                   color=reading.color, valid=reading.valid))
+        results.append(_result(det, reading))
     results.sort(key=lambda r: not r.valid)
     return results[:detector.max_plates]
 
@@ -92,9 +90,12 @@ def read_still(image: np.ndarray, detector: Detector, reader=None) -> list[Plate
     if not reading.valid:
         return results
     corners = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
-    whole = Detection((0, 0, w, h), corners, 0.0, crop=image)
-    return [PlateResult(whole, text=reading.text, confidence=reading.confidence,
-                        char_confidences=reading.char_confidences, color=reading.color, valid=True)]
+    return [_result(Detection((0, 0, w, h), corners, 0.0, crop=image), reading)]
+
+
+def _result(det: Detection, reading) -> PlateResult:
+    return PlateResult(det, text=reading.text, confidence=reading.confidence,
+                       char_confidences=reading.char_confidences, color=reading.color, valid=reading.valid)
 
 
 def is_partial_plate(reading) -> bool:
