@@ -37,9 +37,10 @@ from zoneinfo import ZoneInfo
 
 from agent import bus as topics
 from agent.identity import mask_id_number
-from agent.lists import (Entry, Index, Lists, in_schedule, normalise_badge, normalise_id,
+from agent.lists import (DamagedLists, Entry, Index, Lists, in_schedule, normalise_badge, normalise_id,
                          parse_days, parse_hours, register, unregister)
 from agent.platecodes import normalise as normalise_plate
+from agent.sqlite_threads import set_aside
 
 log = logging.getLogger("gate.decisions")
 
@@ -509,9 +510,27 @@ def _describe_inputs(reads: dict, inputs: Inputs) -> dict:
     return out
 
 
+def open_lists(gate) -> Lists:
+    """The device's lists, a damaged lists database set aside first (a fault record says so).
+
+    lists.db is the platform's to send again (a snapshot: a delta needs the
+    version before it); lists-state.db (passes used, who is inside) stays in the
+    file set aside. Either beats an agent that cannot start at all."""
+    for _ in range(3):   # lists.db, then lists-state.db, may each be damaged
+        try:
+            return Lists.from_config(gate.config)
+        except DamagedLists as exc:
+            moved = set_aside(exc.path)
+            log.error("%s: set aside as %s; starting a new one", exc, moved)
+            gate.record("fault", {"subsystem": "decisions", "condition": "damaged_set_aside",
+                                  "detail": f"{exc}; set aside as {moved.name} and a new one started "
+                                            "(the platform must send the lists again, as a snapshot)"})
+    return Lists.from_config(gate.config)
+
+
 def build(gate) -> list[DecisionSubsystem]:
     config = gate.config
-    lists = Lists.from_config(config)
+    lists = open_lists(gate)
     lanes = {lane.name: lane.direction for lane in config.lanes}
     readers = {r.name: r.lane for r in config.readers if r.lane}
     return [DecisionSubsystem(store=gate.store, bus=gate.bus, lists=lists,

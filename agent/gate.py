@@ -28,6 +28,22 @@ AREAS = [
 ]
 
 
+class Unbuilt:
+    """An area that could not be built, in the supervisor's list so that status shows why."""
+
+    def __init__(self, name: str, detail: str):
+        self.name, self.detail = name, detail
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def health(self) -> dict:
+        return {"state": "stopped", "detail": self.detail}
+
+
 class Gate:
     def __init__(self, config, *, pin_factory=None, simulated: bool = False):
         self.sealer = Sealer(load_key(config.privacy.key_file))
@@ -42,6 +58,7 @@ class Gate:
         self.simulated = simulated
         self.supervisor = Supervisor(self.store)
         self.missing_areas: list[str] = []
+        self.failed_areas: list[str] = []
         self.stopped = threading.Event()
 
     def build(self, areas=AREAS) -> "Gate":
@@ -54,9 +71,26 @@ class Gate:
                 self.missing_areas.append(f"{module_name} ({what})")
                 log.warning("NOT BUILT YET: %s (%s); the gate runs without it", module_name, what)
                 continue
-            for subsystem in module.build(self):
+            try:
+                subsystems = module.build(self)
+            except Exception as exc:
+                if critical:
+                    raise
+                self._cannot_build(module_name, what, exc)
+                continue
+            for subsystem in subsystems:
                 self.supervisor.add(subsystem, critical=critical)
         return self
+
+    def _cannot_build(self, module_name: str, what: str, exc: Exception) -> None:
+        """An area that cannot be built (a damaged file, say) must not stop the others, the
+        alarm path above all: the gate runs without it, and a fault record says so."""
+        detail = f"cannot start: {exc}; the gate runs without {what} until the agent restarts"
+        log.exception("cannot build %s (%s): the gate runs without it", module_name, what)
+        self.failed_areas.append(f"{module_name} ({what}): {exc}")
+        unbuilt = Unbuilt(module_name.rsplit(".", 1)[-1], detail)
+        self.record("fault", {"subsystem": unbuilt.name, "condition": "failed", "detail": detail})
+        self.supervisor.add(unbuilt)
 
     def start(self) -> None:
         self.supervisor.start()

@@ -39,7 +39,7 @@ import numpy as np
 
 from agent.identity import mask_id_number, upgrade_id15
 from agent.platecodes import normalise as normalise_plate
-from agent.sqlite_threads import ThreadConnections
+from agent.sqlite_threads import ThreadConnections, is_damage, is_sqlite_file
 
 log = logging.getLogger("gate.lists")
 
@@ -96,6 +96,14 @@ _MEMORY_FIELDS = tuple(f for f in _FIELDS if f != "id_masked")  # masked IDs: fo
 
 class ListError(ValueError):
     """A list entry, file or update that can't be used; the message says what and where."""
+
+
+class DamagedLists(ListError):
+    """A lists database SQLite cannot read; `path` is the file."""
+
+    def __init__(self, path: Path, message: str):
+        super().__init__(message)
+        self.path = path
 
 
 class UpdateRefused(ListError):
@@ -576,13 +584,20 @@ class Lists:
         self.key = key
         self.tz = ZoneInfo(tz)
         self._lock = threading.RLock()
+        for path in (self.path, self.state_path):
+            if not is_sqlite_file(path):
+                raise DamagedLists(path, f"cannot open the lists database {path}: file is not a database")
         self._lists_db, self._state_db = ThreadConnections(self.path), ThreadConnections(self.state_path)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ListError(f"cannot create the lists folder {self.dir}: {exc.strerror}") from None
-        self._migrate(self._conn, self.path, MIGRATIONS)
-        self._migrate(self._state, self.state_path, STATE_MIGRATIONS)
+        try:
+            self._migrate(self._conn, self.path, MIGRATIONS)
+            self._migrate(self._state, self.state_path, STATE_MIGRATIONS)
+        except ListError:
+            self.close()
+            raise
         self.index: Index = self._load()
         """The current lists; read this reference once per decision."""
         self.listeners: list = []
@@ -606,10 +621,20 @@ class Lists:
         try:
             return database.get()
         except sqlite3.Error as exc:
-            raise ListError(f"cannot open the lists database {database.path}: {exc}") from None
+            message = f"cannot open the lists database {database.path}: {exc}"
+            raise (DamagedLists(database.path, message) if is_damage(exc) else ListError(message)) from None
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection, path: Path, migrations: list[str]) -> None:
+        try:
+            Lists._migrate_schema(conn, path, migrations)
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(exc):
+                raise
+            raise DamagedLists(path, f"cannot read the lists database {path}: {exc}") from None
+
+    @staticmethod
+    def _migrate_schema(conn: sqlite3.Connection, path: Path, migrations: list[str]) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > len(migrations):
             raise ListError(f"{path} has schema version {version}, newer than this agent knows "

@@ -8,7 +8,39 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
+
+# What SQLite says of a file that is not (or no longer) a database.
+DAMAGE_ERRORS = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def is_damage(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorname", "") in DAMAGE_ERRORS
+
+
+def is_sqlite_file(path: Path) -> bool:
+    """False for a file that is there and does not start as SQLite's do.
+
+    Checked before SQLite opens it: SQLite, finding no database in the main file,
+    deletes its -wal file when the connection closes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError:
+        return True   # missing: a new database; unreadable: SQLite's own open says why
+    return head in (b"", SQLITE_MAGIC)
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged database and its -wal/-shm files to <name>.damaged-<UTC time>; the new name."""
+    target = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    for suffix in ("-wal", "-shm", ""):
+        part = path.with_name(path.name + suffix)
+        if part.exists():
+            part.rename(target.with_name(target.name + suffix))
+    return target
 
 
 class ThreadConnections:

@@ -50,5 +50,5 @@ def render(report: dict) -> str:
 
 
 def _set_aside_lines(report: dict) -> list[str]:
-    return [f"DAMAGED STORE SET ASIDE: {name} (its unsent records are in it: docs/records.md, a damaged store)"
+    return [f"DAMAGED DATABASE SET ASIDE: {name} (docs/records.md, a damaged store)"
             for name in report.get("damaged_set_aside", [])]

@@ -29,7 +29,7 @@ import sqlite_utils
 
 from agent.privacy import Sealer
 from agent.records import KINDS, Record, format_time, new_record, split_personal
-from agent.sqlite_threads import ThreadConnections
+from agent.sqlite_threads import ThreadConnections, is_damage, is_sqlite_file, set_aside
 
 log = logging.getLogger("gate.store")
 
@@ -93,26 +93,8 @@ class DamagedStore(StoreError):
     """gate.db is there but SQLite cannot read it as a database (an SD card's failure, most often)."""
 
 
-# What SQLite says of a file that is not (or no longer) a database.
-DAMAGE_ERRORS = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
-SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-def is_sqlite_file(path: Path) -> bool:
-    """False for a file that is there and does not start as SQLite's do.
-
-    Checked before SQLite opens it: SQLite, finding no database in the main file,
-    deletes its -wal file when the connection closes."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
-    except OSError:
-        return True   # missing: a new store; unreadable: SQLite's own open says why
-    return head in (b"", SQLITE_MAGIC)
-
-
 def _as_store_error(exc: sqlite3.Error, path: Path, doing: str) -> StoreError:
-    kind = DamagedStore if getattr(exc, "sqlite_errorname", "") in DAMAGE_ERRORS else StoreError
+    kind = DamagedStore if is_damage(exc) else StoreError
     return kind(f"cannot {doing} database {path}: {exc}")
 
 
@@ -466,19 +448,9 @@ def open_store(config, sealer: Sealer | None = None, *, set_aside_damaged: bool 
     return store
 
 
-def set_aside(path: Path) -> Path:
-    """Rename a database and its -wal/-shm files to <name>.damaged-<UTC time>; the new name."""
-    target = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-    for suffix in ("-wal", "-shm", ""):
-        part = path.with_name(path.name + suffix)
-        if part.exists():
-            part.rename(target.with_name(target.name + suffix))
-    return target
-
-
 def damaged_files(data_dir: str | os.PathLike) -> list[Path]:
-    """The stores set aside as damaged in data_dir, oldest first."""
-    return sorted(p for p in Path(data_dir).glob("gate.db.damaged-*") if not p.name.endswith(("-wal", "-shm")))
+    """The databases (the store's, the lists') set aside as damaged in data_dir."""
+    return sorted(p for p in Path(data_dir).glob("*.db.damaged-*") if not p.name.endswith(("-wal", "-shm")))
 
 
 def _store(config, sealer: Sealer | None) -> Store:

@@ -462,3 +462,56 @@ def test_a_staff_card_opens_for_a_vehicle_without_a_plate_read(rig):
     rig.read("plate_read", plate_no="无车牌", has_plate=False, confidence=0.0)
     assert decision(rig.card(STAFF_ID, after_s=2)) == ("allow", "staff")
     assert rig.published.topics() == [topics.GUARD_ATTENTION, topics.BARRIER_OPEN]
+
+
+def test_a_damaged_lists_database_is_set_aside_and_decisions_start(config_file, tmp_path):
+    """The lists are the platform's to send again; a gate that cannot decide at all is worse."""
+    import os
+    from agent.config import load
+    from agent.gate import Gate
+    from agent.store import damaged_files
+    config = load(config_file())
+    data = tmp_path / "data"
+    data.mkdir()
+    garbage = os.urandom(4096)
+    (data / "lists.db").write_bytes(garbage)
+    gate = Gate(config).build(areas=[("agent.decisions", False, "who may pass")])
+    try:
+        gate.start()
+        [moved] = damaged_files(data)
+        assert moved.name.startswith("lists.db.damaged-") and moved.read_bytes() == garbage
+        [fault] = [r for r in gate.store.pending(10) if r.kind == "fault"]
+        assert (fault.data["subsystem"], fault.data["condition"]) == ("decisions", "damaged_set_aside")
+        assert moved.name in fault.data["detail"]
+        assert apply_update(gate.store, {"mode": "snapshot", "version": 1,
+                                         "lists": {"staff": [{"id_number": STAFF_ID}]}}) == 1
+        assert gate.supervisor.slots[0].subsystem.health()["state"] == "ok"
+    finally:
+        gate.stop()
+
+
+def test_an_area_that_cannot_be_built_leaves_the_gate_running(config_file, monkeypatch):
+    """Only the alarm path's area (critical) may stop the agent from starting."""
+    import sys
+    import types
+    from agent.config import load
+    from agent.gate import Gate
+
+    def build(gate):
+        raise OSError("cannot read /var/lib/gate-agent/thing: Input/output error")
+    monkeypatch.setitem(sys.modules, "broken_area", types.SimpleNamespace(build=build))
+    gate = Gate(load(config_file())).build(areas=[("broken_area", False, "a thing"),
+                                                  ("agent.decisions", False, "who may pass")])
+    try:
+        gate.start()
+        gate.supervisor.check()
+        states = gate.supervisor.states()
+        assert states["broken_area"]["state"] == "stopped"
+        assert "Input/output error" in states["broken_area"]["detail"]
+        assert "decisions" in states
+        [fault] = [r for r in gate.store.pending(10) if r.kind == "fault"]
+        assert fault.data["subsystem"] == "broken_area" and "runs without a thing" in fault.data["detail"]
+    finally:
+        gate.stop()
+    with pytest.raises(OSError, match="Input/output error"):
+        Gate(load(config_file())).build(areas=[("broken_area", True, "a thing")])

@@ -363,3 +363,15 @@ def test_a_lists_file_that_is_not_a_database_is_named_and_left_alone(tmp_path, k
     with pytest.raises(ListError, match=r"cannot open the lists database .*lists\.db: file is not a database"):
         Lists(folder, key)
     assert (folder / "lists.db").read_bytes() == b"not sqlite " * 400
+
+
+def test_a_damaged_lists_database_is_named_and_left_alone(tmp_path, key):
+    import os
+    from agent.lists import DamagedLists
+    (tmp_path / "data").mkdir()
+    garbage = os.urandom(4096)
+    (tmp_path / "data" / "lists-state.db").write_bytes(garbage)
+    with pytest.raises(DamagedLists, match=r"lists-state\.db: file is not a database") as raised:
+        Lists(tmp_path / "data", key)
+    assert raised.value.path == tmp_path / "data" / "lists-state.db"
+    assert (tmp_path / "data" / "lists-state.db").read_bytes() == garbage

@@ -92,4 +92,4 @@ def test_a_damaged_store_is_set_aside_and_the_gate_runs(config_file, tmp_path):
     assert moved.read_bytes() == garbage
     assert any("set aside as" in json.loads(line)["msg"] for line in lines)
     assert status.returncode == 0
-    assert f"DAMAGED STORE SET ASIDE: {moved.name}" in status.stdout and "outbox: alarm 0" in status.stdout
+    assert f"DAMAGED DATABASE SET ASIDE: {moved.name}" in status.stdout and "outbox: alarm 0" in status.stdout
