@@ -58,7 +58,6 @@ class Gate:
         self.simulated = simulated
         self.supervisor = Supervisor(self.store)
         self.missing_areas: list[str] = []
-        self.failed_areas: list[str] = []
         self.stopped = threading.Event()
 
     def build(self, areas=AREAS) -> "Gate":
@@ -87,7 +86,6 @@ class Gate:
         alarm path above all: the gate runs without it, and a fault record says so."""
         detail = f"cannot start: {exc}; the gate runs without {what} until the agent restarts"
         log.exception("cannot build %s (%s): the gate runs without it", module_name, what)
-        self.failed_areas.append(f"{module_name} ({what}): {exc}")
         unbuilt = Unbuilt(module_name.rsplit(".", 1)[-1], detail)
         self.record("fault", {"subsystem": unbuilt.name, "condition": "failed", "detail": detail})
         self.supervisor.add(unbuilt)
