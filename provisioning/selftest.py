@@ -736,7 +736,48 @@ def check_disk(config, opts: Options) -> list[Result]:
                           f"{config.storage.quota_mb}", "lower storage.quota_mb or free space"))
     else:
         out.append(Result("disk", part, PASS, f"{free_mb:.0f} MB free (quota {config.storage.quota_mb} MB)"))
+    if data_dir.is_dir():
+        out += _check_databases(data_dir)
     return out
+
+
+DATABASES = ("gate.db", "lists.db", "lists-state.db")
+
+
+def _check_databases(data_dir: Path) -> list[Result]:
+    """Each database there, read through (PRAGMA quick_check) without writing, and those set aside."""
+    from agent.sqlite_threads import is_sqlite_file
+    from agent.store import damaged_files
+    fix = "the agent sets it aside at its next start and starts a new one; docs/records.md, a damaged store"
+    out = []
+    for name in DATABASES:
+        path = data_dir / name
+        if not path.exists():
+            continue
+        if not is_sqlite_file(path):   # before SQLite opens it: it would drop the -wal file
+            out.append(Result("disk", f"database {name}", FAIL, "file is not a database", fix))
+            continue
+        problem = _quick_check(path)
+        out.append(Result("disk", f"database {name}", FAIL, problem, fix) if problem
+                   else Result("disk", f"database {name}", PASS, "readable (quick_check ok)"))
+    for path in damaged_files(data_dir):
+        out.append(Result("disk", f"database {path.name}", WARN, "set aside as damaged by the agent",
+                          "recover what it held, then delete it: docs/records.md, a damaged store"))
+    return out
+
+
+def _quick_check(path: Path) -> str:
+    """'' when SQLite reads the whole file without complaint, else what it says."""
+    import sqlite3
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return str(exc)
+    return "" if rows == ["ok"] else "; ".join(rows)
 
 
 def check_clock(config, opts: Options) -> list[Result]:

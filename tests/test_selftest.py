@@ -375,6 +375,21 @@ def test_disk_missing_data_dir_fails(config):
     assert result[0].status == st.FAIL and "does not exist" in result[0].reason
 
 
+def test_disk_reads_each_database_through_and_names_the_damaged(config):
+    from agent.store import Store
+    data = config.parent.parent.parent / "var/lib/gate-agent"
+    Store(data, device_id=DEVICE_ID, site="s1", reserve_mb=1).close()
+    garbage = os.urandom(4096)
+    (data / "lists.db").write_bytes(garbage)
+    (data / "lists-state.db.damaged-20261125T010203Z").write_bytes(b"x")
+    results = st.run_all(config, only={"disk"})
+    assert by_part(results, "database gate.db").status == st.PASS
+    damaged = by_part(results, "database lists.db")
+    assert damaged.status == st.FAIL and "not a database" in damaged.reason and "sets it aside" in damaged.fix
+    assert (data / "lists.db").read_bytes() == garbage
+    assert by_part(results, "lists-state.db.damaged-20261125T010203Z").status == st.WARN
+
+
 def test_keys_check_reports_missing_command_key_and_bad_mode(config):
     results = st.run_all(config, only={"keys"})
     assert by_part(results, "data key").status == st.PASS
