@@ -636,7 +636,7 @@ class Rig:
             at = getattr(self, f"_do_{step.do}")(step, **step.args)
             if step.id and at is not None:     # None: the step could not be played (not wired)
                 self.times[step.id] = at
-            if self.agent.proc and step.do not in ("kill",):
+            if self.agent.proc and step.do not in ("kill", "damage_store"):
                 self.agent.check_alive()
         self.t_end = time.monotonic()
 
@@ -773,6 +773,16 @@ class Rig:
     def _do_restart(self, step):
         at = time.monotonic()
         self._start_agent()
+        return at
+
+    def _do_damage_store(self, step):
+        """What a failing SD card does to a database: its first page overwritten. Only
+        between a `kill` and a `restart`: nothing may have the file open."""
+        if self.agent.proc and self.agent.proc.poll() is None:
+            raise RigError(f"{step}: the agent is running; damage the store between a kill and a restart")
+        at = time.monotonic()
+        with open(self.workdir / "data" / "gate.db", "r+b") as db:
+            db.write(os.urandom(4096))
         return at
 
     def _do_camera_stop(self, step, lane):

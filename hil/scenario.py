@@ -47,6 +47,7 @@ STEPS: dict[str, dict[str, tuple]] = {
     "broker_up": {},
     "kill": {},
     "restart": {},
+    "damage_store": {},
     "camera_stop": {"lane": (str, "in1")},
     "camera_return": {"lane": (str, "in1")},
     "reader_unplug": {"reader": (str, "id1")},

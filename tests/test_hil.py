@@ -85,7 +85,8 @@ def test_every_shipped_scenario_loads_and_says_what_it_needs():
     scenarios = discover()
     names = {s.path.stem for s in scenarios}
     assert {"staff_car", "unknown_car", "visitor_card_and_plate", "watchlist_plate", "alarm_broker_down",
-            "alarm_drill", "killed_mid_drain", "reader_unplugged", "camera_lost", "night_traffic"} <= names
+            "alarm_drill", "killed_mid_drain", "reader_unplugged", "camera_lost", "night_traffic",
+            "damaged_store"} <= names
     for s in scenarios:
         assert s.description, s.path
         assert s.expects, s.path
