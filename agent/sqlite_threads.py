@@ -43,6 +43,11 @@ def set_aside(path: Path) -> Path:
     return target
 
 
+def damaged_files(folder) -> list[Path]:
+    """The databases set aside in `folder` (the store's, the lists'), without their -wal/-shm files."""
+    return sorted(p for p in Path(folder).glob("*.db.damaged-*") if not p.name.endswith(("-wal", "-shm")))
+
+
 class ThreadConnections:
     def __init__(self, path: str | Path, *, foreign_keys: bool = False):
         self.path = Path(path)

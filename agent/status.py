@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import time
 
-from agent.store import StoreError, damaged_files, open_store
+from agent.sqlite_threads import damaged_files
+from agent.store import StoreError, open_store
 
 
 def collect(config) -> dict:

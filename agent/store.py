@@ -448,11 +448,6 @@ def open_store(config, sealer: Sealer | None = None, *, set_aside_damaged: bool 
     return store
 
 
-def damaged_files(data_dir: str | os.PathLike) -> list[Path]:
-    """The databases (the store's, the lists') set aside as damaged in data_dir."""
-    return sorted(p for p in Path(data_dir).glob("*.db.damaged-*") if not p.name.endswith(("-wal", "-shm")))
-
-
 def _store(config, sealer: Sealer | None) -> Store:
     return Store(config.storage.data_dir, device_id=config.device.id, site=config.device.site,
                  tz=config.device.timezone, sealer=sealer,

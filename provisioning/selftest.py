@@ -746,8 +746,7 @@ DATABASES = ("gate.db", "lists.db", "lists-state.db")
 
 def _check_databases(data_dir: Path) -> list[Result]:
     """Each database there, read through (PRAGMA quick_check) without writing, and those set aside."""
-    from agent.sqlite_threads import is_sqlite_file
-    from agent.store import damaged_files
+    from agent.sqlite_threads import damaged_files, is_sqlite_file
     fix = "the agent sets it aside at its next start and starts a new one; docs/records.md, a damaged store"
     out = []
     for name in DATABASES:

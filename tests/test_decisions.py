@@ -469,7 +469,7 @@ def test_a_damaged_lists_database_is_set_aside_and_decisions_start(config_file, 
     import os
     from agent.config import load
     from agent.gate import Gate
-    from agent.store import damaged_files
+    from agent.sqlite_threads import damaged_files
     config = load(config_file())
     data = tmp_path / "data"
     data.mkdir()

@@ -10,7 +10,8 @@ import pytest
 
 from agent.privacy import Sealer, load_key
 from agent.records import Record
-from agent.store import DamagedStore, Store, StoreError, damaged_files, open_store
+from agent.sqlite_threads import damaged_files
+from agent.store import DamagedStore, Store, StoreError, open_store
 from conftest import ROOT
 
 ALARM = {"button": "b1", "location": "desk", "drill": False, "pressed_at": "2026-11-24T10:00:00+08:00"}
