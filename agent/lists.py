@@ -39,7 +39,7 @@ import numpy as np
 
 from agent.identity import mask_id_number, upgrade_id15
 from agent.platecodes import normalise as normalise_plate
-from agent.sqlite_threads import ThreadConnections, is_damage, is_sqlite_file
+from agent.sqlite_threads import ThreadConnections, is_damage
 
 log = logging.getLogger("gate.lists")
 
@@ -584,9 +584,6 @@ class Lists:
         self.key = key
         self.tz = ZoneInfo(tz)
         self._lock = threading.RLock()
-        for path in (self.path, self.state_path):
-            if not is_sqlite_file(path):
-                raise DamagedLists(path, f"cannot open the lists database {path}: file is not a database")
         self._lists_db, self._state_db = ThreadConnections(self.path), ThreadConnections(self.state_path)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)

@@ -16,15 +16,19 @@ DAMAGE_ERRORS = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
+class NotADatabase(sqlite3.DatabaseError):
+    """A file that is there and does not start as SQLite's do, found before SQLite opened it."""
+
+
 def is_damage(exc: sqlite3.Error) -> bool:
-    return getattr(exc, "sqlite_errorname", "") in DAMAGE_ERRORS
+    return isinstance(exc, NotADatabase) or getattr(exc, "sqlite_errorname", "") in DAMAGE_ERRORS
 
 
 def is_sqlite_file(path: Path) -> bool:
     """False for a file that is there and does not start as SQLite's do.
 
-    Checked before SQLite opens it: SQLite, finding no database in the main file,
-    deletes its -wal file when the connection closes."""
+    Checked before SQLite opens it (ThreadConnections.get, selftest): SQLite, finding
+    no database in the main file, deletes its -wal file when the connection closes."""
     try:
         with open(path, "rb") as f:
             head = f.read(len(SQLITE_MAGIC))
@@ -60,9 +64,11 @@ class ThreadConnections:
         """This thread's connection, opened on first use.
 
         sqlite3.Error if it can't be: a missing folder, no permission, a file that is
-        not a database (only the first statement finds that out)."""
+        not a database (NotADatabase, or from the first statement: is_damage says which)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
+            if not is_sqlite_file(self.path):
+                raise NotADatabase("file is not a database")
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             try:
                 conn.execute("PRAGMA journal_mode=WAL")

@@ -29,7 +29,7 @@ import sqlite_utils
 
 from agent.privacy import Sealer
 from agent.records import KINDS, Record, format_time, new_record, split_personal
-from agent.sqlite_threads import ThreadConnections, is_damage, is_sqlite_file, set_aside
+from agent.sqlite_threads import ThreadConnections, is_damage, set_aside
 
 log = logging.getLogger("gate.store")
 
@@ -106,8 +106,6 @@ class Store:
         self.dir = Path(data_dir)
         self.image_dir = self.dir / "images"
         self.path = self.dir / "gate.db"
-        if not is_sqlite_file(self.path):
-            raise DamagedStore(f"cannot open database {self.path}: file is not a database")
         self.device_id, self.site, self.tz = device_id, site, tz
         self.sealer = sealer
         self.retention = retention or {}

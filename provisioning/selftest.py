@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import ssl
 import subprocess
 import threading
@@ -767,7 +768,6 @@ def _check_databases(data_dir: Path) -> list[Result]:
 
 def _quick_check(path: Path) -> str:
     """'' when SQLite reads the whole file without complaint, else what it says."""
-    import sqlite3
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
         try:
