@@ -13,28 +13,15 @@ from pathlib import Path
 
 # What SQLite says of a file that is not (or no longer) a database.
 DAMAGE_ERRORS = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
-SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-class NotADatabase(sqlite3.DatabaseError):
-    """A file that is there and does not start as SQLite's do, found before SQLite opened it."""
 
 
 def is_damage(exc: sqlite3.Error) -> bool:
-    return isinstance(exc, NotADatabase) or getattr(exc, "sqlite_errorname", "") in DAMAGE_ERRORS
+    """Whether SQLite found the file is not (or no longer) a database.
 
-
-def is_sqlite_file(path: Path) -> bool:
-    """False for a file that is there and does not start as SQLite's do.
-
-    Checked before SQLite opens it (ThreadConnections.get, selftest): SQLite, finding
-    no database in the main file, deletes its -wal file when the connection closes."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
-    except OSError:
-        return True   # missing: a new database; unreadable: SQLite's own open says why
-    return head in (b"", SQLITE_MAGIC)
+    Found by SQLite itself, never by reading the file beside it: closing any other
+    descriptor of a database file drops the POSIX locks this process's
+    connections hold on it, and a live database can then be damaged."""
+    return getattr(exc, "sqlite_errorname", "") in DAMAGE_ERRORS
 
 
 def set_aside(path: Path) -> Path:
@@ -64,11 +51,9 @@ class ThreadConnections:
         """This thread's connection, opened on first use.
 
         sqlite3.Error if it can't be: a missing folder, no permission, a file that is
-        not a database (NotADatabase, or from the first statement: is_damage says which)."""
+        not a database (only the first statement finds that out: is_damage says so)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            if not is_sqlite_file(self.path):
-                raise NotADatabase("file is not a database")
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             try:
                 conn.execute("PRAGMA journal_mode=WAL")

@@ -241,16 +241,14 @@ def test_the_agent_sets_a_damaged_store_aside_and_starts_a_new_one(tmp_path):
     config = _config(tmp_path)
     data = tmp_path / "data"
     data.mkdir()
-    garbage, wal = os.urandom(4096), os.urandom(512)
+    garbage = os.urandom(4096)
     (data / "gate.db").write_bytes(garbage)
-    (data / "gate.db-wal").write_bytes(wal)
     with pytest.raises(DamagedStore):
         open_store(config)   # the tools beside the agent leave it alone
     store = open_store(config, set_aside_damaged=True)
     try:
         [moved] = damaged_files(data)
-        assert moved.read_bytes() == garbage and moved.with_name(moved.name + "-wal").read_bytes() == wal
-        assert not (data / "gate.db-wal").exists() or (data / "gate.db-wal").read_bytes() != wal
+        assert moved.read_bytes() == garbage
         [fault] = [r for r in store.pending(10) if r.kind == "fault"]
         assert fault.data["subsystem"] == "store" and fault.data["condition"] == "damaged_set_aside"
         assert moved.name in fault.data["detail"] and "file is not a database" in fault.data["detail"]
@@ -258,3 +256,13 @@ def test_the_agent_sets_a_damaged_store_aside_and_starts_a_new_one(tmp_path):
         assert [r.kind for r in store.pending(10)] == ["alarm", "fault"]
     finally:
         store.close()
+
+
+def test_a_database_is_set_aside_with_its_wal_and_shm(tmp_path):
+    from agent.sqlite_threads import set_aside
+    for suffix, content in (("", b"main"), ("-wal", b"wal"), ("-shm", b"shm")):
+        (tmp_path / f"gate.db{suffix}").write_bytes(content)
+    moved = set_aside(tmp_path / "gate.db")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [moved.name, moved.name + "-shm", moved.name + "-wal"]
+    assert [(moved.parent / (moved.name + s)).read_bytes() for s in ("", "-wal", "-shm")] == [b"main", b"wal", b"shm"]
+    assert damaged_files(tmp_path) == [moved]
