@@ -776,13 +776,17 @@ class Rig:
         return at
 
     def _do_damage_store(self, step):
-        """What a failing SD card does to a database: its first page overwritten. Only
-        between a `kill` and a `restart`: nothing may have the file open."""
+        """What a failing SD card does to a database: its first page and the start of its
+        WAL overwritten (from a sound WAL SQLite would read the first page back). Only
+        between a `kill` and a `restart`: nothing may have the files open."""
         if self.agent.proc and self.agent.proc.poll() is None:
             raise RigError(f"{step}: the agent is running; damage the store between a kill and a restart")
         at = time.monotonic()
-        with open(self.workdir / "data" / "gate.db", "r+b") as db:
-            db.write(os.urandom(4096))
+        for name in ("gate.db", "gate.db-wal"):
+            path = self.workdir / "data" / name
+            if path.exists():
+                with open(path, "r+b") as f:
+                    f.write(os.urandom(4096))
         return at
 
     def _do_camera_stop(self, step, lane):
