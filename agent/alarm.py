@@ -1,10 +1,17 @@
-"""One-key alarm buttons: every press written durably first, then the siren.
+"""One-key alarm buttons: the siren at once, every press written durably, then sent first.
 
 The press path, in the thread that saw the edge (gpiozero's callback thread):
-debounce in memory, build the record, `Store.put` it (one short SQLite
-transaction on this thread's own connection: it becomes the first record in
-the outbox, priority 0), then turn the siren on. Nothing on that path waits for
-the camera pipeline, the sync or the purge, and no lock is shared with them.
+debounce in memory, turn the siren on (microseconds: the help the person who
+pressed hears must not wait for a disk), build the record and `Store.put` it
+(one short SQLite transaction on this thread's own connection: it becomes the
+first record in the outbox, priority 0). Nothing on that path waits for the
+camera pipeline, the sync or the purge, and no lock is shared with them.
+
+A press the store refuses (an SD card failing, a file system remounted
+read-only) is kept in memory, retried every timer round, and handed to the sync
+on the bus (ALARM_UNSTORED) to be sent from memory meanwhile: a broken store
+must not keep an alarm from the platform. Once stored it is sent again from the
+outbox, with its `seq` (the platform de-duplicates by UUID).
 
 Presses (documented in docs/gpio.md):
 - a press counts at its first edge; bounces and glitches shorter than the
@@ -156,6 +163,7 @@ class AlarmPanel:
         self._siren_off_at = self._ack_off_at = None
         self._unacked: set[str] = set()
         self._unstored: list = []
+        self._sent_from_memory: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_drill_refresh = 0.0
@@ -176,6 +184,7 @@ class AlarmPanel:
             self.pins, self.buttons = None, []
             raise
         self.bus.subscribe(topics.DRILL, self._on_drill)
+        self.bus.subscribe(topics.ALARM_SENT_FROM_MEMORY, self._on_sent_from_memory)
         self.store.sent_listeners.append(self._on_sent)
         self._thread = threading.Thread(target=self._run, name="alarm-timers", daemon=True)
         self._thread.start()
@@ -225,6 +234,7 @@ class AlarmPanel:
             self._thread.join(timeout=2)
         self._thread = None
         self.bus.unsubscribe(topics.DRILL, self._on_drill)
+        self.bus.unsubscribe(topics.ALARM_SENT_FROM_MEMORY, self._on_sent_from_memory)
         if self._on_sent in self.store.sent_listeners:
             self.store.sent_listeners.remove(self._on_sent)
         if self.pins:
@@ -244,7 +254,9 @@ class AlarmPanel:
         if self._round_error:
             problems.append(self._round_error)
         if self._unstored:
-            problems.append(f"{len(self._unstored)} alarm(s) not stored yet")
+            confirmed = sum(r.uuid in self._sent_from_memory for r in self._unstored)
+            problems.append(f"{len(self._unstored)} alarm(s) not stored yet "
+                            f"({confirmed} of them confirmed by the platform, sent from memory)")
         drill = self.drill.state()
         detail = f"{len(self.buttons)} button(s)" + (", DRILL MODE" if drill["on"] else "")
         if problems:
@@ -261,21 +273,29 @@ class AlarmPanel:
                 button.raw_pressed, button.raw_since = pressed, at
             if not button.detector.edge(pressed, at):
                 return
-            record = None
-            try:
-                record = self._alarm_record(button, at)
-                self._no_checkpoints_here()
-                self.store.put(record)
-            except Exception as exc:
-                log.critical("ALARM from button %s (%s) NOT STORED (%s): %s", button.name,
-                             button.location, exc, "kept in memory, retrying" if record else "LOST")
-                if record is not None:
-                    self._unstored.append(record)
-            else:
-                self._unacked.add(record.uuid)
-                log.warning("ALARM: button %s (%s)%s stored as %s", button.name, button.location,
-                            " [drill]" if record.data["drill"] else "", record.uuid)
-        self._siren_on(at)
+            self._siren_on(at)
+            self._store_alarm(button, at)
+
+    def _store_alarm(self, button: Button, at: float) -> None:
+        record = None
+        try:
+            record = self._alarm_record(button, at)
+            self._no_checkpoints_here()
+            self.store.put(record)
+        except Exception as exc:
+            if record is None:
+                log.critical("ALARM from button %s (%s) LOST: no record could be made: %s",
+                             button.name, button.location, exc)
+                return
+            log.critical("ALARM from button %s (%s) NOT STORED (%s): sending %s from memory, "
+                         "retrying the store", button.name, button.location, exc, record.uuid)
+            self._unacked.add(record.uuid)
+            self._unstored.append(record)
+            self._send_from_memory(record)
+            return
+        self._unacked.add(record.uuid)
+        log.warning("ALARM: button %s (%s)%s stored as %s", button.name, button.location,
+                    " [drill]" if record.data["drill"] else "", record.uuid)
 
     def _no_checkpoints_here(self) -> None:
         """This thread's connection never runs a WAL checkpoint: an alarm commit must not pay
@@ -309,7 +329,11 @@ class AlarmPanel:
     def _siren_on(self, at: float) -> None:
         if self.siren is None or self.alarm.siren_s <= 0:
             return
-        self.siren.on()
+        try:
+            self.siren.on()
+        except Exception as exc:   # the record must still be written
+            log.error("siren did not switch on: %s", exc)
+            return
         off_at = at + self.alarm.siren_s
         if self._siren_off_at is None or off_at > self._siren_off_at:
             self._siren_off_at = off_at
@@ -387,10 +411,23 @@ class AlarmPanel:
                 self.store.put(record)
             except Exception as exc:
                 log.error("alarm %s still not stored: %s", record.uuid, exc)
+                for waiting in self._unstored:
+                    self._send_from_memory(waiting)
                 return
             self._unstored.pop(0)
-            self._unacked.add(record.uuid)
+            self._sent_from_memory.discard(record.uuid)
             log.warning("alarm %s stored late", record.uuid)
+
+    def _send_from_memory(self, record) -> None:
+        """Ask the sync to send an alarm the store refused. Asked again every timer round
+        until the platform has it: a restarted sync has forgotten what it was handed."""
+        if record.uuid not in self._sent_from_memory:
+            self.bus.publish(topics.ALARM_UNSTORED, record=record)
+
+    def _on_sent_from_memory(self, uuid: str) -> None:
+        """The broker confirmed an alarm sent from memory (sync's thread)."""
+        self._sent_from_memory.add(uuid)
+        self._on_sent([uuid])
 
     def _show_drill(self, now_wall: float) -> None:
         state = self.drill.state(now_wall)

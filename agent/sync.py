@@ -19,6 +19,12 @@ Threads around one paho client:
 
 MQTT v5 is used because its PUBACK carries a reason code: a publish the
 broker's ACL refuses is NOT confirmed, it stays in the outbox.
+
+One exception to "only the outbox": an alarm the store refused (a failing SD
+card, a file system remounted read-only) is handed over on the bus
+(ALARM_UNSTORED) and sent from memory, ahead of everything, with `seq` null; its
+PUBACK is announced on the bus (ALARM_SENT_FROM_MEMORY) instead of committed.
+The pump also outlives a store it cannot read, so such an alarm still goes.
 """
 from __future__ import annotations
 
@@ -155,6 +161,8 @@ class SyncEngine:
         self._held: set[str] = set()              # in flight or confirmed, not yet committed
         self._uncommitted = 0                      # confirmed, handed to the committer
         self._refused: dict[str, float] = {}      # key -> retry time
+        self._from_memory: dict[str, object] = {}  # uuid -> alarm record the store refused
+        self._store_problem = ""                   # why the outbox cannot be read ("" when it can)
         self._urgent = False                      # an alarm was stored: look at the head now
         self._last_sweep = 0.0
         self._connected_at = 0.0
@@ -237,6 +245,8 @@ class SyncEngine:
     def start(self) -> None:
         self._stopping.clear()
         self.store.listeners.append(self._on_record)
+        if self.bus is not None:
+            self.bus.subscribe(busmod.ALARM_UNSTORED, self._on_unstored_alarm)
         self._threads = [threading.Thread(target=self._guard, args=(self._link_loop,),
                                           name="sync-link", daemon=True),
                          threading.Thread(target=self._guard, args=(self._pump_loop,),
@@ -252,6 +262,8 @@ class SyncEngine:
     def stop(self, timeout: float = 5.0) -> None:
         if self._on_record in self.store.listeners:
             self.store.listeners.remove(self._on_record)
+        if self.bus is not None:
+            self.bus.unsubscribe(busmod.ALARM_UNSTORED, self._on_unstored_alarm)
         if self._connected.is_set():
             try:
                 self.client.publish(self.topics.availability, b"offline", qos=1, retain=True)
@@ -415,6 +427,16 @@ class SyncEngine:
         self._idle.clear()
         self._wake.set()
 
+    def _on_unstored_alarm(self, record) -> None:
+        """An alarm the store refused (the alarm panel's thread, again every round until
+        confirmed): kept here and published from memory by the pump."""
+        if record.uuid in self._from_memory:
+            return
+        self._from_memory[record.uuid] = record
+        self._urgent = True
+        self._idle.clear()
+        self._wake.set()
+
     # --- the pump thread ------------------------------------------------------------
 
     def _pump_loop(self) -> None:
@@ -443,11 +465,22 @@ class SyncEngine:
             if reason_code.is_failure:
                 self._refuse(what, key, reason_code)
                 continue
+            if what == "memory":
+                self._confirmed_from_memory(key)
+                continue
             confirmed.append((what, key, prio))
         if confirmed:
             self._uncommitted += len(confirmed)
             self._to_commit.extend(confirmed)
             self._commit_wake.set()
+
+    def _confirmed_from_memory(self, uuid: str) -> None:
+        self._from_memory.pop(uuid, None)
+        self._held.discard(uuid)
+        self.stats["records"] += 1
+        log.warning("sync: the platform confirmed alarm %s, sent from memory (not stored yet)", uuid)
+        if self.bus is not None:
+            self.bus.publish(busmod.ALARM_SENT_FROM_MEMORY, uuid=uuid)
 
     def _refuse(self, what: str, key: str, reason_code) -> None:
         self._held.discard(key)
@@ -517,7 +550,22 @@ class SyncEngine:
         return self._held | set(self._refused)
 
     def _fill(self) -> int:
-        """Publish from the outbox head while the window has room; returns how many went."""
+        """Publish unstored alarms, then from the outbox head while the window has room;
+        returns how many went."""
+        sent = self._publish_from_memory(self._excluded())
+        try:
+            sent += self._fill_from_outbox()
+        except Exception as exc:
+            if str(exc) != self._store_problem:
+                log.error("sync: cannot read the outbox (%s): %s; retrying", self.store.path, exc)
+            self._store_problem = str(exc)
+            return sent
+        if self._store_problem:
+            log.info("sync: the outbox can be read again")
+            self._store_problem = ""
+        return sent
+
+    def _fill_from_outbox(self) -> int:
         room = self.window - len(self._inflight)
         urgent, self._urgent = self._urgent, False
         if self._inflight and room < max(1, self.window // 4) and not urgent:
@@ -545,14 +593,24 @@ class SyncEngine:
             sent += 1
         return sent
 
-    def _publish_record(self, record) -> None:
+    def _publish_from_memory(self, excluded: set[str]) -> int:
+        sent = 0
+        for record in list(self._from_memory.values()):
+            if record.uuid in excluded:
+                continue
+            self._publish_record(record, what="memory")
+            sent += 1
+        return sent
+
+
+    def _publish_record(self, record, what: str = "record") -> None:
         payload = record.to_json().encode()
         if len(payload) > self.max_bytes:
             log.error("sync: record %s (%s) is %d bytes, over mqtt.max_message_kb; sent anyway "
                       "(records are never dropped)", record.uuid, record.kind, len(payload))
         info = self.client.publish(self.topics.record(record.kind), payload, qos=1)
         if self._accepted(info, record.uuid):
-            self._inflight[info.mid] = ("record", record.uuid, record.priority, time.monotonic())
+            self._inflight[info.mid] = (what, record.uuid, record.priority, time.monotonic())
             self._held.add(record.uuid)
 
     def _accepted(self, info, key: str) -> bool:
@@ -839,7 +897,9 @@ class SyncSubsystem:
             return {"state": FAULT, "detail": engine.link.detail or "sync threads died"}
         link = engine.link
         state, detail = link.state, link.detail
-        if engine.store.disk_full and state == OK:
+        if engine._store_problem and state == OK:
+            state, detail = DEGRADED, f"cannot read the outbox: {engine._store_problem}"
+        elif engine.store.disk_full and state == OK:
             state, detail = DEGRADED, "disk full: only alarms, alerts, decisions and tamper are stored"
         return {"state": state, "detail": detail, "condition": link.condition,
                 "connected": link.connected, "inflight": len(engine._inflight),

@@ -1,6 +1,7 @@
 """One-key alarm buttons on MockFactory pins, driven from the tests."""
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
@@ -8,9 +9,12 @@ import pytest
 from agent import bus as topics
 from agent.alarm import Drill, parse_window
 from agent.debounce import PressDetector
+from agent.config import load
+from agent.gate import Gate
 from agent.store import Store
 from conftest import run_cli
-from gpio_rig import ClosedContactPin, make_gate, mock_factory, release, subsystem, wait_for
+from gpio_rig import GPIO_ONLY, ClosedContactPin, make_gate, mock_factory, release, subsystem, wait_for
+from hil.broker import Mosquitto, Subscriber
 
 ALARM = """
 [alarm]
@@ -58,10 +62,18 @@ def release_button(factory, pin=NO_PIN):
     factory.pin(pin).drive_high()
 
 
-def test_press_stores_an_alarm_then_sounds_the_siren(gate, factory):
+def test_press_sounds_the_siren_then_stores_an_alarm(gate, factory, monkeypatch):
+    """The siren does not wait for the write: an fsync on a busy SD card can take a second."""
+    real_put, siren_when_written = gate.store.put, []
+
+    def put(record):
+        siren_when_written.append(pin_on(factory, SIREN))
+        return real_put(record)
+    monkeypatch.setattr(gate.store, "put", put)
     assert not pin_on(factory, SIREN)
     press(factory)
     (alarm,) = wait_for(lambda: alarms(gate), what="the alarm record")
+    assert siren_when_written == [True]
     assert alarm.data["button"] == "b1"
     assert alarm.data["location"] == "gatehouse desk"
     assert alarm.data["drill"] is False
@@ -191,6 +203,49 @@ def test_alarm_not_stored_is_kept_retried_and_the_siren_still_sounds(gate, facto
     (alarm,) = wait_for(lambda: alarms(gate), what="the retried alarm")
     assert alarm.data["button"] == "b1"
     wait_for(lambda: subsystem(gate, "alarm").health()["state"] == "ok")
+
+
+def test_an_alarm_the_store_refuses_reaches_the_platform_from_memory(config_file, factory, monkeypatch):
+    """A failing store (SD card errors, a read-only remount) must not keep the alarm from the
+    platform: it goes from memory at once, and again from the outbox once stored."""
+    with Mosquitto() as broker, Subscriber(broker.port, "gate/#") as platform:
+        config = config_file(ALARM).read_text().replace("127.0.0.1:1883", f"127.0.0.1:{broker.port}")
+        (path := config_file()).write_text(config)
+        gate = Gate(load(path), pin_factory=factory, simulated=True).build(
+            areas=GPIO_ONLY + [("agent.sync", False, "sync")])
+        broken = sqlite3.OperationalError("disk I/O error")
+
+        def refuse(*args, **kwargs):
+            raise broken
+        real_put, real_pending = gate.store.put, gate.store.pending
+        gate.start()
+        try:
+            wait_for(lambda: subsystem(gate, "sync").health().get("connected"), 10, "the broker")
+            monkeypatch.setattr(gate.store, "put", refuse)
+            monkeypatch.setattr(gate.store, "pending", refuse)
+            press(factory)
+            assert pin_on(factory, SIREN)
+            sent = lambda: [r for r in platform.records() if r["kind"] == "alarm"]
+            (alarm,) = wait_for(sent, 5, "the alarm at the broker")
+            assert alarm["seq"] is None and alarm["data"]["button"] == "b1"
+            wait_for(lambda: pin_on(factory, ACK), what="the ack lamp")
+            health = subsystem(gate, "alarm").health()
+            assert health["state"] == "degraded"
+            assert "1 alarm(s) not stored yet (1 of them confirmed by the platform" in health["detail"]
+            wait_for(lambda: "cannot read the outbox: disk I/O error"
+                     in subsystem(gate, "sync").health()["detail"], what="the sync's report")
+            assert not alarms(gate)
+
+            monkeypatch.setattr(gate.store, "put", real_put)
+            monkeypatch.setattr(gate.store, "pending", real_pending)
+            (stored,) = wait_for(lambda: alarms(gate), what="the alarm stored late")
+            assert stored.uuid == alarm["uuid"]
+            first, again = wait_for(lambda: sent()[1:] and sent(), 5, "the stored alarm sent again")
+            assert again["uuid"] == alarm["uuid"] and again["seq"] == stored.seq
+            wait_for(lambda: subsystem(gate, "alarm").health()["state"] == "ok")
+            wait_for(lambda: not gate.store.has_unsent(0), what="the alarm marked sent in the outbox")
+        finally:
+            gate.stop()
 
 
 def test_ack_lamp_lights_when_the_platform_confirms_the_alarm(gate, factory):
