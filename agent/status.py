@@ -51,5 +51,11 @@ def render(report: dict) -> str:
 
 
 def _set_aside_lines(report: dict) -> list[str]:
-    return [f"DAMAGED DATABASE SET ASIDE: {name} (docs/records.md, a damaged store)"
+    return [f"DAMAGED DATABASE SET ASIDE: {name} ({_recovery(name)})"
             for name in report.get("damaged_set_aside", [])]
+
+
+def _recovery(name: str) -> str:
+    if name.startswith("gate.db."):
+        return f"its unsent records: gate-agent sync requeue {name}; then delete it"
+    return "docs/records.md, a damaged store"

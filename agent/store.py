@@ -312,6 +312,75 @@ class Store:
     def last_sent(self) -> float | None:
         return self.db.execute("SELECT MAX(sent_at) FROM records").fetchone()[0]
 
+    # --- records from a damaged store --------------------------------------------
+
+    def requeue(self, salvage, chunk: int = 500) -> dict:
+        """Put the unsent records and images read from a damaged store (agent.salvage) into
+        this outbox, with their own UUIDs (one already here stays as it is), a few hundred
+        per transaction so an alarm never waits long behind them. A record this agent could
+        not send (an unknown kind, a body that is not JSON, personal fields sealed under
+        another data key) is left out and listed under `refused`."""
+        report = {"queued": {}, "already_here": 0, "refused": [], "images_queued": 0,
+                  "images_missing": 0}
+        rows = []
+        for row in salvage.records:
+            problem = self._unsendable(row)
+            if problem:
+                report["refused"].append((row[0], problem))
+            else:
+                rows.append(row)
+        sql = ("INSERT INTO records (uuid, kind, priority, created, time, schema, body, sealed) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(uuid) DO NOTHING")
+        for start in range(0, len(rows), chunk):
+            batch = [(u, k, KINDS[k].priority, c, t, sc, b, se) for u, k, _p, c, t, sc, b, se
+                     in rows[start:start + chunk]]
+            added = self._insert_many(sql, batch)
+            for (uuid, kind, *_), new in zip(batch, added):
+                if new:
+                    report["queued"][kind] = report["queued"].get(kind, 0) + 1
+                else:
+                    report["already_here"] += 1
+        images = [image for image in salvage.images if self.image_path(image[0]).is_file()]
+        report["images_missing"] = len(salvage.images) - len(images)
+        sql = ("INSERT INTO images (sha256, role, size, created, record_uuid) VALUES (?, ?, ?, ?, ?) "
+               "ON CONFLICT(sha256) DO NOTHING")
+        for start in range(0, len(images), chunk):
+            report["images_queued"] += sum(self._insert_many(sql, images[start:start + chunk]))
+        return report
+
+    def _unsendable(self, row: tuple) -> str:
+        uuid, kind, _priority, _created, _time, _schema, body, sealed = row
+        if kind not in KINDS:
+            return f"unknown kind {kind!r}"
+        try:
+            json.loads(body)
+        except (TypeError, ValueError):
+            return "its body is not JSON"
+        if sealed is not None:
+            if self.sealer is None:
+                return "personal fields sealed, and no data key loaded"
+            try:
+                self.sealer.open(sealed, uuid)
+            except Exception:
+                return "personal fields sealed under another data key (privacy.key_file)"
+        return ""
+
+    def _insert_many(self, sql: str, rows: list[tuple]) -> list[bool]:
+        """One transaction; for each row, whether it was new."""
+        conn = self.db.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            added = [conn.execute(sql, row).rowcount == 1 for row in rows]
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if "full" in str(exc) or "disk I/O" in str(exc):
+                self.disk_full = True
+                raise DiskFull(f"disk full writing to {self.path}: {exc}") from None
+            raise
+        return added
+
     # --- small persistent state ----------------------------------------------------
 
     def state_get(self, key: str, default=None):
@@ -441,8 +510,8 @@ def open_store(config, sealer: Sealer | None = None, *, set_aside_damaged: bool 
     log.error("%s: set aside as %s; starting a new store", damage, moved)
     store = _store(config, sealer)
     store.add("fault", {"subsystem": "store", "condition": "damaged_set_aside",
-                        "detail": f"{damage}; set aside as {moved.name} (its unsent records are in it: "
-                                  "docs/records.md, a damaged store) and a new store started"})
+                        "detail": f"{damage}; set aside as {moved.name} and a new store started (its "
+                                  f"unsent records: gate-agent sync requeue {moved.name})"})
     return store
 
 

@@ -1,8 +1,9 @@
-"""`gate-agent sync status` and `gate-agent sync now`."""
+"""`gate-agent sync status`, `sync now` and `sync requeue`."""
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import click
 
@@ -17,6 +18,7 @@ def sync():
     Example:
       gate-agent sync status
       gate-agent sync now --timeout 120
+      gate-agent sync requeue gate.db.damaged-20261125T123000Z
     """
 
 
@@ -107,3 +109,75 @@ def sync_now(ctx, timeout):
                + (f"; {stats['refused']} refused by the broker (kept)" if stats.get("refused") else "")
                + (f"; {stats['images_not_sent']} image(s) too big or unreadable (reported)"
                   if stats.get("images_not_sent") else ""))
+
+
+@sync.command("requeue")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Only say what would go back into the outbox.")
+@click.pass_context
+def sync_requeue(ctx, file, dry_run):
+    """Put the unsent records of a damaged store back into the outbox.
+
+    FILE is a store the agent set aside (gate.db.damaged-<UTC time>, named by
+    `gate-agent status`; a bare name is looked for in storage.data_dir), or a copy
+    of an old gate.db. What SQLite can still read of it goes back with its own
+    UUIDs (the platform de-duplicates any it did get); rows on damaged pages are
+    skipped and counted. The file is only read: delete it yourself once the
+    platform has the records. Works beside a running agent.
+
+    \b
+    Example:
+      gate-agent sync requeue gate.db.damaged-20261125T123000Z --dry-run
+      gate-agent sync requeue /var/lib/gate-agent/gate.db.damaged-20261125T123000Z
+    """
+    from agent.salvage import SalvageError, read_unsent
+    from agent.store import StoreError
+    cfg = load_config(ctx)
+    data_dir = Path(cfg.storage.data_dir)
+    if not file.exists() and not file.is_absolute() and (data_dir / file).exists():
+        file = data_dir / file
+    if file.resolve() == (data_dir / "gate.db").resolve():
+        raise UserError(f"{file} is the live store: requeue reads a store set aside or copied")
+    try:
+        salvage = read_unsent(file)
+    except SalvageError as exc:
+        raise UserError(f"{exc}; nothing requeued (keep the file for the platform's operators)") from None
+    _say_read(salvage)
+    if dry_run:
+        click.echo("dry run: nothing queued")
+        return
+    store = _open_store(cfg, need_key=True)
+    try:
+        report = store.requeue(salvage)
+    except StoreError as exc:
+        raise UserError(f"requeue stopped: {exc}; what was queued stays queued, run it again "
+                        "when there is room") from None
+    finally:
+        store.close()
+    queued = report["queued"]
+    click.echo(f"queued {sum(queued.values())} record(s)"
+               + (f" ({', '.join(f'{k} {n}' for k, n in sorted(queued.items()))})" if queued else "")
+               + (f"; {report['already_here']} already in the outbox" if report["already_here"] else "")
+               + f"; {report['images_queued']} image(s)"
+               + (f"; {report['images_missing']} image file(s) gone" if report["images_missing"] else ""))
+    for uuid, reason in report["refused"]:
+        click.echo(f"not queued: {uuid}: {reason}")
+    click.echo(f"{file} is left as it was: delete it once `gate-agent sync status` shows the outbox drained")
+
+
+def _say_read(salvage) -> None:
+    by_kind: dict[str, int] = {}
+    for row in salvage.records:
+        by_kind[row[1]] = by_kind.get(row[1], 0) + 1
+    click.echo(f"{salvage.path}: {len(salvage.records)} unsent record(s)"
+               + (f" ({', '.join(f'{k} {n}' for k, n in sorted(by_kind.items()))})" if by_kind else "")
+               + f", {len(salvage.images)} unsent image(s); {salvage.already_sent} already confirmed "
+                 "by the platform (left)")
+    if salvage.unreadable:
+        spans = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in salvage.unreadable[:10])
+        more = f" and {len(salvage.unreadable) - 10} more" if len(salvage.unreadable) > 10 else ""
+        lost = sum(b - a + 1 for a, b in salvage.unreadable)
+        click.echo(f"DAMAGED: {lost} row(s) unreadable, sequence numbers {spans}{more} (some may "
+                   "have been purged before the damage)")
+    if salvage.images_problem:
+        click.echo(f"images: {salvage.images_problem}")

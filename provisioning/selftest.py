@@ -758,8 +758,9 @@ def _check_databases(data_dir: Path) -> list[Result]:
         out.append(Result("disk", f"database {name}", FAIL, problem, fix) if problem
                    else Result("disk", f"database {name}", PASS, "readable (quick_check ok)"))
     for path in damaged_files(data_dir):
-        out.append(Result("disk", f"database {path.name}", WARN, "set aside as damaged by the agent",
-                          "recover what it held, then delete it: docs/records.md, a damaged store"))
+        fix = (f"gate-agent sync requeue {path.name}, then delete it" if path.name.startswith("gate.db.")
+               else "recover what it held, then delete it: docs/records.md, a damaged store")
+        out.append(Result("disk", f"database {path.name}", WARN, "set aside as damaged by the agent", fix))
     return out
 
 
