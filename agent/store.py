@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import sqlite_utils
+from cryptography.exceptions import InvalidTag
 
 from agent.privacy import Sealer
 from agent.records import KINDS, Record, format_time, new_record, split_personal
@@ -119,6 +120,8 @@ class Store:
         self.sent_listeners: list = []
         """Called with the list of UUIDs the broker confirmed, once that is committed."""
         self.disk_full = False
+        self.undecodable: dict[str, str] = {}
+        """uuid -> why: unsent records that cannot be read back (since this Store opened)."""
         try:
             self.image_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -235,14 +238,39 @@ class Store:
     # --- the outbox --------------------------------------------------------------
 
     def pending(self, limit: int = 100, exclude: Iterable[str] = ()) -> list[Record]:
-        """The next unsent records: by priority, then creation order."""
-        exclude = list(exclude)
+        """The next unsent records: by priority, then creation order. A record that cannot be
+        read back is left out from then on (see `undecodable`): one damaged row must not stop
+        the outbox behind it."""
+        exclude = list(exclude) + list(self.undecodable)
         sql = "SELECT * FROM records WHERE sent_at IS NULL"
         if exclude:
             sql += f" AND uuid NOT IN ({','.join('?' * len(exclude))})"
         sql += " ORDER BY priority, seq LIMIT ?"
         rows = self.db.execute(sql, exclude + [limit]).fetchall()
-        return [self._record(row) for row in rows]
+        records = []
+        for row in rows:
+            try:
+                records.append(self._record(row))
+            except Exception as exc:
+                self._undecodable(row, exc)
+        return records
+
+    def _undecodable(self, row, exc: Exception) -> None:
+        seq, uuid, kind = row[:3]
+        if isinstance(exc, InvalidTag):
+            reason = "its personal fields do not open with this device's data key (privacy.key_file " \
+                     "replaced, or the stored bytes damaged)"
+        elif isinstance(exc, ValueError):
+            reason = f"its body is not JSON (the stored bytes damaged): {exc}"
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+        self.undecodable[uuid] = reason
+        detail = f"record {uuid} ({kind}, seq {seq}) cannot be read back: {reason}; kept in {self.path}, not sent"
+        log.error("%s", detail)
+        try:
+            self.add("fault", {"subsystem": "store", "condition": "unreadable_record", "detail": detail})
+        except Exception as fault_exc:
+            log.error("cannot record that fault either: %s", fault_exc)
 
     def mark_sent(self, uuids: Iterable[str], at: float | None = None) -> None:
         uuids = list(uuids)

@@ -556,9 +556,10 @@ class SyncEngine:
         try:
             sent += self._fill_from_outbox()
         except Exception as exc:
-            if str(exc) != self._store_problem:
-                log.error("sync: cannot read the outbox (%s): %s; retrying", self.store.path, exc)
-            self._store_problem = str(exc)
+            problem = str(exc) or type(exc).__name__
+            if problem != self._store_problem:
+                log.error("sync: cannot read the outbox (%s): %s; retrying", self.store.path, problem)
+            self._store_problem = problem
             return sent
         if self._store_problem:
             log.info("sync: the outbox can be read again")
@@ -899,6 +900,9 @@ class SyncSubsystem:
         state, detail = link.state, link.detail
         if engine._store_problem and state == OK:
             state, detail = DEGRADED, f"cannot read the outbox: {engine._store_problem}"
+        elif engine.store.undecodable and state == OK:
+            state, detail = DEGRADED, (f"{len(engine.store.undecodable)} record(s) in the outbox cannot "
+                                       "be read back: kept, not sent (fault unreadable_record)")
         elif engine.store.disk_full and state == OK:
             state, detail = DEGRADED, "disk full: only alarms, alerts, decisions and tamper are stored"
         return {"state": state, "detail": detail, "condition": link.condition,

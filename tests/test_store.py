@@ -82,6 +82,30 @@ def test_records_without_key_stay_sealed(store, tmp_path):
     keyless.close()
 
 
+def test_a_record_that_cannot_be_read_back_does_not_stop_the_outbox(store):
+    """A bit flipped on the SD card inside a sealed blob or a body (SQLite has no checksums
+    on content) used to stop every record behind it."""
+    sealed = store.add("card_read", {"reader": "id1", "card_kind": "resident", "id_number": "360426199101010071"})
+    garbled = store.add("badge_read", BADGE)
+    after = store.add("badge_read", BADGE)
+    with sqlite3.connect(store.path) as raw:
+        blob = bytearray(raw.execute("SELECT sealed FROM records WHERE uuid = ?", [sealed.uuid]).fetchone()[0])
+        blob[20] ^= 0x01
+        raw.execute("UPDATE records SET sealed = ? WHERE uuid = ?", [bytes(blob), sealed.uuid])
+        raw.execute("UPDATE records SET body = '{\"reader\": \"badge1\", ' WHERE uuid = ?", [garbled.uuid])
+    head = store.pending(10)
+    assert after.uuid in [r.uuid for r in head]
+    assert not {sealed.uuid, garbled.uuid} & {r.uuid for r in head}
+    assert "do not open with this device's data key" in store.undecodable[sealed.uuid]
+    assert "body is not JSON" in store.undecodable[garbled.uuid]
+    faults = [r.data for r in store.records("fault")]
+    assert sorted(f["detail"].split()[1] for f in faults) == sorted([sealed.uuid, garbled.uuid])
+    assert all(f["condition"] == "unreadable_record" and "kept in" in f["detail"] for f in faults)
+    store.pending(10)
+    assert len(store.records("fault")) == 2                        # said once
+    assert store.depth()["by_kind"]["card_read"] == 1              # kept, not sent
+
+
 def test_images_named_by_sha256(store):
     digest = store.add_image(b"\xff\xd8fakejpeg", "scene")
     assert store.image_path(digest).read_bytes() == b"\xff\xd8fakejpeg"

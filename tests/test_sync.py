@@ -118,6 +118,27 @@ def test_every_kind_arrives_on_its_topic_with_its_shape(setup):
         assert store.depth()["total"] == 0 and store.pending_images() == []
 
 
+def test_a_record_that_cannot_be_read_back_is_kept_and_the_rest_go(setup):
+    with Mosquitto() as broker, Subscriber(broker.port, "gate/#") as sub:
+        cfg, store = setup(broker.port)
+        damaged = store.add("card_read", EXAMPLES["card_read"])
+        store.db.execute("UPDATE records SET body = '{' WHERE uuid = ?", [damaged.uuid])
+        behind = bulk_add(store, "badge_read", 20)
+        sync = SyncSubsystem(gate_of(cfg, store), backoff_start=0.1, backoff_max=0.4)
+        sync.start()
+        try:
+            assert sub.wait_for(lambda m: behind <= {r["uuid"] for r in sub.records()}, 10)
+            assert wait_until(lambda: "1 record(s) in the outbox cannot be read back" in sync.health()["detail"])
+            assert sync.health()["state"] == "degraded"
+            assert sub.wait_for(lambda m: any(r["kind"] == "fault" for r in sub.records()), 10)
+            fault = next(r for r in sub.records() if r["kind"] == "fault")
+            assert fault["data"]["condition"] == "unreadable_record" and damaged.uuid in fault["data"]["detail"]
+            assert damaged.uuid not in {r["uuid"] for r in sub.records()}
+            assert wait_until(lambda: store.depth()["by_kind"] == {"card_read": 1})   # kept, unsent
+        finally:
+            sync.stop()
+
+
 def test_outage_then_alarms_first_and_nothing_lost(setup, caplog):
     caplog.set_level(logging.WARNING, "gate.sync")
     broker = Mosquitto(persistent=True)
