@@ -10,8 +10,9 @@ camera pipeline, the sync or the purge, and no lock is shared with them.
 A press the store refuses (an SD card failing, a file system remounted
 read-only) is kept in memory, retried every timer round, and handed to the sync
 on the bus (ALARM_UNSTORED) to be sent from memory meanwhile: a broken store
-must not keep an alarm from the platform. Once stored it is sent again from the
-outbox, with its `seq` (the platform de-duplicates by UUID).
+must not keep an alarm from the platform. So is one whose write has not
+committed within WRITE_STALL_S (a stalled card). Once stored it is sent again
+from the outbox, with its `seq` (the platform de-duplicates by UUID).
 
 Presses (documented in docs/gpio.md):
 - a press counts at its first edge; bounces and glitches shorter than the
@@ -54,6 +55,9 @@ DRILL_MAX_S = 8 * 3600
 would mark real alarms as drills."""
 
 TICK_S = 0.1
+WRITE_STALL_S = 0.5
+"""An alarm whose write has not committed after this long is sent from memory meanwhile: an SD
+card can stall a commit for seconds, and the platform must have the alarm within 2 s."""
 DRILL_REFRESH_S = 0.5
 
 
@@ -163,6 +167,7 @@ class AlarmPanel:
         self._siren_off_at = self._ack_off_at = None
         self._unacked: set[str] = set()
         self._unstored: list = []
+        self._writing: dict[str, tuple] = {}          # uuid -> (record, monotonic start of its write)
         self._sent_from_memory: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -266,7 +271,8 @@ class AlarmPanel:
     # --- the press path ---
 
     def on_edge(self, button: Button, closed: bool, at: float) -> None:
-        """A raw edge of a button's contact (gpiozero's thread). A new press is stored first."""
+        """A raw edge of a button's contact (gpiozero's thread): a new press sounds the siren,
+        then is stored (outside the button's lock: the timer thread never waits for a disk)."""
         pressed = closed if button.wiring == "no" else not closed
         with button.lock:
             if pressed != button.raw_pressed:
@@ -274,26 +280,29 @@ class AlarmPanel:
             if not button.detector.edge(pressed, at):
                 return
             self._siren_on(at)
-            self._store_alarm(button, at)
-
-    def _store_alarm(self, button: Button, at: float) -> None:
-        record = None
-        try:
-            record = self._alarm_record(button, at)
-            self._no_checkpoints_here()
-            self.store.put(record)
-        except Exception as exc:
-            if record is None:
+            try:
+                record = self._alarm_record(button, at)
+            except Exception as exc:
                 log.critical("ALARM from button %s (%s) LOST: no record could be made: %s",
                              button.name, button.location, exc)
                 return
+        self._store_alarm(button, record)
+
+    def _store_alarm(self, button: Button, record) -> None:
+        self._unacked.add(record.uuid)
+        self._writing[record.uuid] = (record, time.monotonic())
+        try:
+            self._no_checkpoints_here()
+            self.store.put(record)
+        except Exception as exc:
             log.critical("ALARM from button %s (%s) NOT STORED (%s): sending %s from memory, "
                          "retrying the store", button.name, button.location, exc, record.uuid)
-            self._unacked.add(record.uuid)
             self._unstored.append(record)
             self._send_from_memory(record)
             return
-        self._unacked.add(record.uuid)
+        finally:
+            self._writing.pop(record.uuid, None)
+        self._sent_from_memory.discard(record.uuid)
         log.warning("ALARM: button %s (%s)%s stored as %s", button.name, button.location,
                     " [drill]" if record.data["drill"] else "", record.uuid)
 
@@ -370,6 +379,9 @@ class AlarmPanel:
 
     def tick(self, now: float) -> None:
         """One round of the panel's timers, as of monotonic time `now`."""
+        for record, started in list(self._writing.values()):
+            if now - started >= WRITE_STALL_S:
+                self._send_from_memory(record)
         if self._siren_off_at is not None and now >= self._siren_off_at:
             self._siren_off_at = None
             if self.siren:

@@ -1,7 +1,9 @@
 """One-key alarm buttons on MockFactory pins, driven from the tests."""
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import threading
 import time
 
 import pytest
@@ -205,47 +207,78 @@ def test_alarm_not_stored_is_kept_retried_and_the_siren_still_sounds(gate, facto
     wait_for(lambda: subsystem(gate, "alarm").health()["state"] == "ok")
 
 
-def test_an_alarm_the_store_refuses_reaches_the_platform_from_memory(config_file, factory, monkeypatch):
-    """A failing store (SD card errors, a read-only remount) must not keep the alarm from the
-    platform: it goes from memory at once, and again from the outbox once stored."""
+@contextlib.contextmanager
+def gate_with_platform(config_file, factory):
+    """A gate with the GPIO and sync areas, started, against a real broker; (gate, subscriber)."""
     with Mosquitto() as broker, Subscriber(broker.port, "gate/#") as platform:
         config = config_file(ALARM).read_text().replace("127.0.0.1:1883", f"127.0.0.1:{broker.port}")
         (path := config_file()).write_text(config)
         gate = Gate(load(path), pin_factory=factory, simulated=True).build(
             areas=GPIO_ONLY + [("agent.sync", False, "sync")])
+        gate.start()
+        try:
+            wait_for(lambda: subsystem(gate, "sync").health().get("connected"), 10, "the broker")
+            yield gate, platform
+        finally:
+            gate.stop()
+
+
+def alarms_at(platform) -> list[dict]:
+    return [r for r in platform.records() if r["kind"] == "alarm"]
+
+
+def test_an_alarm_whose_write_stalls_reaches_the_platform_from_memory(config_file, factory, monkeypatch):
+    """An SD card can stall a commit for seconds; the platform must have the alarm within 2 s."""
+    with gate_with_platform(config_file, factory) as (gate, platform):
+        real_put, written = gate.store.put, threading.Event()
+
+        def stalled_put(record):
+            time.sleep(3)
+            real_put(record)
+            written.set()
+        monkeypatch.setattr(gate.store, "put", stalled_put)
+        threading.Thread(target=press, args=(factory,), daemon=True).start()
+        (alarm,) = wait_for(lambda: alarms_at(platform), 2, "the alarm at the broker")
+        assert alarm["seq"] is None and not written.is_set()
+        wait_for(lambda: pin_on(factory, ACK), what="the ack lamp")
+        first, again = wait_for(lambda: alarms_at(platform)[1:] and alarms_at(platform), 5,
+                                "the stored alarm sent again")
+        assert again["uuid"] == alarm["uuid"] and again["seq"] == alarms(gate)[0].seq
+        assert subsystem(gate, "alarm").health()["state"] == "ok"
+
+
+def test_an_alarm_the_store_refuses_reaches_the_platform_from_memory(config_file, factory, monkeypatch):
+    """A failing store (SD card errors, a read-only remount) must not keep the alarm from the
+    platform: it goes from memory at once, and again from the outbox once stored."""
+    with gate_with_platform(config_file, factory) as (gate, platform):
         broken = sqlite3.OperationalError("disk I/O error")
 
         def refuse(*args, **kwargs):
             raise broken
         real_put, real_pending = gate.store.put, gate.store.pending
-        gate.start()
-        try:
-            wait_for(lambda: subsystem(gate, "sync").health().get("connected"), 10, "the broker")
-            monkeypatch.setattr(gate.store, "put", refuse)
-            monkeypatch.setattr(gate.store, "pending", refuse)
-            press(factory)
-            assert pin_on(factory, SIREN)
-            sent = lambda: [r for r in platform.records() if r["kind"] == "alarm"]
-            (alarm,) = wait_for(sent, 5, "the alarm at the broker")
-            assert alarm["seq"] is None and alarm["data"]["button"] == "b1"
-            wait_for(lambda: pin_on(factory, ACK), what="the ack lamp")
-            health = subsystem(gate, "alarm").health()
-            assert health["state"] == "degraded"
-            assert "1 alarm(s) not stored yet (1 of them confirmed by the platform" in health["detail"]
-            wait_for(lambda: "cannot read the outbox: disk I/O error"
-                     in subsystem(gate, "sync").health()["detail"], what="the sync's report")
-            assert not alarms(gate)
+        monkeypatch.setattr(gate.store, "put", refuse)
+        monkeypatch.setattr(gate.store, "pending", refuse)
+        press(factory)
+        assert pin_on(factory, SIREN)
+        (alarm,) = wait_for(lambda: alarms_at(platform), 5, "the alarm at the broker")
+        assert alarm["seq"] is None and alarm["data"]["button"] == "b1"
+        wait_for(lambda: pin_on(factory, ACK), what="the ack lamp")
+        health = subsystem(gate, "alarm").health()
+        assert health["state"] == "degraded"
+        assert "1 alarm(s) not stored yet (1 of them confirmed by the platform" in health["detail"]
+        wait_for(lambda: "cannot read the outbox: disk I/O error"
+                 in subsystem(gate, "sync").health()["detail"], what="the sync's report")
+        assert not alarms(gate)
 
-            monkeypatch.setattr(gate.store, "put", real_put)
-            monkeypatch.setattr(gate.store, "pending", real_pending)
-            (stored,) = wait_for(lambda: alarms(gate), what="the alarm stored late")
-            assert stored.uuid == alarm["uuid"]
-            first, again = wait_for(lambda: sent()[1:] and sent(), 5, "the stored alarm sent again")
-            assert again["uuid"] == alarm["uuid"] and again["seq"] == stored.seq
-            wait_for(lambda: subsystem(gate, "alarm").health()["state"] == "ok")
-            wait_for(lambda: not gate.store.has_unsent(0), what="the alarm marked sent in the outbox")
-        finally:
-            gate.stop()
+        monkeypatch.setattr(gate.store, "put", real_put)
+        monkeypatch.setattr(gate.store, "pending", real_pending)
+        (stored,) = wait_for(lambda: alarms(gate), what="the alarm stored late")
+        assert stored.uuid == alarm["uuid"]
+        first, again = wait_for(lambda: alarms_at(platform)[1:] and alarms_at(platform), 5,
+                                "the stored alarm sent again")
+        assert again["uuid"] == alarm["uuid"] and again["seq"] == stored.seq
+        wait_for(lambda: subsystem(gate, "alarm").health()["state"] == "ok")
+        wait_for(lambda: not gate.store.has_unsent(0), what="the alarm marked sent in the outbox")
 
 
 def test_ack_lamp_lights_when_the_platform_confirms_the_alarm(gate, factory):
