@@ -431,8 +431,8 @@ class AlarmPanel:
             log.warning("alarm %s stored late", record.uuid)
 
     def _send_from_memory(self, record) -> None:
-        """Ask the sync to send an alarm the store refused. Asked again every timer round
-        until the platform has it: a restarted sync has forgotten what it was handed."""
+        """Ask the sync to send an alarm the store refused or holds up. Asked again every timer
+        round until the platform has it: a restarted sync has forgotten what it was handed."""
         if record.uuid not in self._sent_from_memory:
             self.bus.publish(topics.ALARM_UNSTORED, record=record)
 
