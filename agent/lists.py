@@ -39,7 +39,7 @@ import numpy as np
 
 from agent.identity import mask_id_number, upgrade_id15
 from agent.platecodes import normalise as normalise_plate
-from agent.sqlite_threads import ThreadConnections, is_damage
+from agent.sqlite_threads import ThreadConnections, damage_before_opening, is_damage
 
 log = logging.getLogger("gate.lists")
 
@@ -589,6 +589,10 @@ class Lists:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ListError(f"cannot create the lists folder {self.dir}: {exc.strerror}") from None
+        for path in (self.path, self.state_path):
+            damage = damage_before_opening(path)
+            if damage:
+                raise DamagedLists(path, f"cannot open the lists database {path}: {damage}")
         try:
             self._migrate(self._conn, self.path, MIGRATIONS)
             self._migrate(self._state, self.state_path, STATE_MIGRATIONS)

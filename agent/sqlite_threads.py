@@ -24,6 +24,54 @@ def is_damage(exc: sqlite3.Error) -> bool:
     return getattr(exc, "sqlite_errorname", "") in DAMAGE_ERRORS
 
 
+WAL_MAGIC = (0x377F0682, 0x377F0683)
+
+
+def damage_before_opening(path: Path) -> str:
+    """What is wrong with a database and its WAL, found without a read-write connection ("" if
+    nothing). Call it before this process opens the database.
+
+    A read-write connection to a database whose first page is damaged deletes its WAL when
+    it closes, and one to a WAL whose header is damaged treats the WAL as empty and deletes
+    it too: either way the commits not yet checkpointed, often all the recent ones, would be
+    gone before the file could be set aside. A read-only connection leaves both as they are;
+    the WAL's header (a SQLite-less read: SQLite locks the database and the -shm, never the
+    -wal) is checked against its own checksum."""
+    wal = path.with_name(path.name + "-wal")
+    try:
+        with open(wal, "rb") as f:
+            head = f.read(32)
+    except FileNotFoundError:
+        head = b""
+    if len(head) == 32 and not _wal_header_sound(head):
+        return f"its write-ahead log {wal.name} is damaged (header)"
+    if not path.exists():
+        return ""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        try:
+            conn.execute("PRAGMA user_version").fetchone()
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return str(exc) if is_damage(exc) else ""
+    return ""
+
+
+def _wal_header_sound(head: bytes) -> bool:
+    """The WAL header's magic and checksum (https://www.sqlite.org/fileformat2.html#walformat)."""
+    magic = int.from_bytes(head[:4], "big")
+    if magic not in WAL_MAGIC:
+        return False
+    order = "big" if magic & 1 else "little"
+    s0 = s1 = 0
+    for i in range(0, 24, 8):
+        s0 = (s0 + int.from_bytes(head[i:i + 4], order) + s1) & 0xFFFFFFFF
+        s1 = (s1 + int.from_bytes(head[i + 4:i + 8], order) + s0) & 0xFFFFFFFF
+    return (s0, s1) == (int.from_bytes(head[24:28], "big"), int.from_bytes(head[28:32], "big"))
+
+
 def set_aside(path: Path) -> Path:
     """Rename a damaged database and its -wal/-shm files to <name>.damaged-<UTC time>; the new name."""
     target = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")

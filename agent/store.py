@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidTag
 
 from agent.privacy import Sealer
 from agent.records import KINDS, Record, format_time, new_record, split_personal
-from agent.sqlite_threads import ThreadConnections, is_damage, set_aside
+from agent.sqlite_threads import ThreadConnections, damage_before_opening, is_damage, set_aside
 
 log = logging.getLogger("gate.store")
 
@@ -62,6 +62,9 @@ MIGRATIONS = [
     CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL NOT NULL);
     """,
 ]
+
+REQUEUED_KEY = "requeued"
+"""State key: the damaged stores whose unsent records were put back into the outbox."""
 
 # Kinds that are never dropped while unsent, whatever the disk says.
 PROTECTED = ("alarm", "alert", "access_decision", "tamper")
@@ -127,6 +130,9 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot create data directory {self.dir} (storage.data_dir): "
                              f"{exc.strerror}") from None
+        damage = damage_before_opening(self.path)
+        if damage:
+            raise DamagedStore(f"cannot open database {self.path}: {damage}")
         try:
             self._migrate()
         except StoreError:
@@ -374,7 +380,16 @@ class Store:
                "ON CONFLICT(sha256) DO NOTHING")
         for start in range(0, len(images), chunk):
             report["images_queued"] += sum(self._insert_many(sql, images[start:start + chunk]))
+        done = self.state_get(REQUEUED_KEY, {})
+        done[Path(salvage.path).name] = {"at": time.time(), "queued": sum(report["queued"].values()),
+                                         "refused": len(report["refused"]),
+                                         "unreadable_rows": sum(b - a + 1 for a, b in salvage.unreadable)}
+        self.state_set(REQUEUED_KEY, done)
         return report
+
+    def requeued(self) -> dict:
+        """{file name: what requeue did with it} for the damaged stores already requeued."""
+        return self.state_get(REQUEUED_KEY, {})
 
     def _unsendable(self, row: tuple) -> str:
         uuid, kind, _priority, _created, _time, _schema, body, sealed = row

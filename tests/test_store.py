@@ -290,3 +290,53 @@ def test_a_database_is_set_aside_with_its_wal_and_shm(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [moved.name, moved.name + "-shm", moved.name + "-wal"]
     assert [(moved.parent / (moved.name + s)).read_bytes() for s in ("", "-wal", "-shm")] == [b"main", b"wal", b"shm"]
     assert damaged_files(tmp_path) == [moved]
+
+
+def _cut_power(data) -> bytes:
+    """A store whose recent commits are only in its WAL, as a power cut leaves it: gate.db and
+    gate.db-wal copied while the store is open. The WAL's bytes."""
+    import shutil
+    live = data / "live"
+    store = Store(live, device_id="21010200001320000001", site="test", reserve_mb=1)
+    for _ in range(20):
+        store.add("alarm", ALARM)
+    for suffix in ("", "-wal"):
+        shutil.copy(live / f"gate.db{suffix}", data / f"gate.db{suffix}")
+    store.close()
+    return (data / "gate.db-wal").read_bytes()
+
+
+def test_a_damaged_first_page_is_set_aside_with_its_wal_whole(tmp_path):
+    """A read-write connection to a database SQLite cannot read deletes its WAL when it closes:
+    the damage is found read-only first, so the WAL goes aside whole. (Page 1 alone damaged is
+    no damage while the WAL holds a newer copy of it: SQLite reads that, and mends the file.)"""
+    config = _config(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    _cut_power(data)
+    for name in ("gate.db", "gate.db-wal"):
+        with open(data / name, "r+b") as f:
+            f.write(os.urandom(4096))
+    wal = (data / "gate.db-wal").read_bytes()
+    store = open_store(config, set_aside_damaged=True)
+    store.close()
+    [moved] = damaged_files(data)
+    assert moved.with_name(moved.name + "-wal").read_bytes() == wal
+
+
+def test_a_wal_with_a_damaged_header_is_damage_not_an_empty_log(tmp_path):
+    """SQLite takes a WAL whose header does not check as empty and deletes it: every commit
+    since the last checkpoint would be gone without a word."""
+    config = _config(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    wal = bytearray(_cut_power(data))
+    wal[12] ^= 0x01
+    (data / "gate.db-wal").write_bytes(wal)
+    with pytest.raises(DamagedStore, match=r"write-ahead log gate\.db-wal is damaged \(header\)"):
+        Store(data, device_id="21010200001320000001", site="test", reserve_mb=1)
+    assert (data / "gate.db-wal").read_bytes() == wal
+    store = open_store(config, set_aside_damaged=True)
+    store.close()
+    [moved] = damaged_files(data)
+    assert moved.with_name(moved.name + "-wal").read_bytes() == wal
