@@ -1,8 +1,15 @@
-"""Housekeeping: a health record every mqtt.health_interval_s, and the retention/quota purge.
+"""Housekeeping: a health record every mqtt.health_interval_s, the retention/quota purge, and
+the unsent records of a damaged store put back into the outbox.
 
 The health record goes through the outbox like any record (priority 4, last).
 The platform's view of a full disk doesn't depend on it: the sync also
 publishes a retained status message directly (see agent/sync.py).
+
+A gate.db the agent set aside as damaged (agent/store.py, open_store) still
+holds the records the platform had not confirmed. Once per such file, after the
+first health record, housekeeping reads what SQLite can of it (agent/salvage.py)
+and requeues it, as `gate-agent sync requeue` does, and a `fault` (store,
+requeued) says what came back and what did not. The file itself is kept.
 """
 from __future__ import annotations
 
@@ -10,7 +17,9 @@ import logging
 import threading
 import time
 
-from agent.store import DiskFull, StoreError
+from agent.salvage import SalvageError, describe_read, describe_requeue, read_unsent
+from agent.sqlite_threads import damaged_files
+from agent.store import REQUEUED_KEY, DiskFull, StoreError
 from agent.supervisor import DEGRADED, FAULT, OK, STARTING, STOPPED
 
 log = logging.getLogger("gate.housekeeping")
@@ -47,9 +56,12 @@ class Housekeeping:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._state = {"state": STARTING, "detail": ""}
+        self.set_aside_looked_at = threading.Event()
+        """Set once the damaged stores set aside have been requeued (or found done before)."""
 
     def start(self) -> None:
         self._stop.clear()
+        self.set_aside_looked_at.clear()
         self._thread = threading.Thread(target=self._loop, name="housekeeping", daemon=True)
         self._thread.start()
 
@@ -71,13 +83,45 @@ class Housekeeping:
 
     def _loop(self) -> None:
         next_purge = time.monotonic() + self.first_purge_s
+        self.produce_health()
+        self.requeue_set_aside()
+        self.set_aside_looked_at.set()
         while True:
-            self.produce_health()
             if time.monotonic() >= next_purge:
                 self.purge()
                 next_purge = time.monotonic() + self.purge_interval_s
             if self._stop.wait(self.interval()):
                 return
+            self.produce_health()
+
+    def requeue_set_aside(self) -> None:
+        """Once per file: what each gate.db set aside as damaged still holds unsent goes back
+        into the outbox, so a damaged card costs only the rows on its damaged pages."""
+        try:
+            done = self.store.requeued()
+            for path in damaged_files(self.store.dir):
+                if path.name.startswith("gate.db.") and path.name not in done:
+                    self._requeue(path)
+        except StoreError as exc:
+            log.error("requeue of a damaged store stopped (tried again at the next start): %s", exc)
+            self._state = {"state": DEGRADED, "detail": f"requeue stopped: {exc}"}
+        except Exception as exc:   # never a reason to stop the health records and the purge
+            log.exception("requeue of a damaged store failed (tried again at the next start)")
+            self._state = {"state": DEGRADED, "detail": f"requeue failed: {exc}"}
+
+    def _requeue(self, path) -> None:
+        try:
+            salvage = read_unsent(path)
+        except SalvageError as exc:
+            detail = f"{exc}; nothing requeued, the file is kept for the platform's operators"
+            done = self.store.requeued()
+            done[path.name] = {"at": time.time(), "queued": 0, "problem": str(exc)}
+            self.store.state_set(REQUEUED_KEY, done)
+        else:
+            lines = describe_read(salvage) + describe_requeue(self.store.requeue(salvage))
+            detail = "; ".join(lines) + f"; {path.name} is kept: delete it once the outbox has drained"
+        log.warning("damaged store set aside: %s", detail)
+        self.store.add("fault", {"subsystem": "store", "condition": "requeued", "detail": detail})
 
     def produce_health(self):
         try:

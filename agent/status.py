@@ -26,6 +26,7 @@ def collect(config) -> dict:
             "drill": store.state_get("drill", {"on": False}),
             "disk_free_mb": store.disk_free_mb(),
             "damaged_set_aside": set_aside,
+            "requeued": {name: done for name, done in store.requeued().items() if name in set_aside},
         }
     finally:
         store.close()
@@ -51,11 +52,18 @@ def render(report: dict) -> str:
 
 
 def _set_aside_lines(report: dict) -> list[str]:
-    return [f"DAMAGED DATABASE SET ASIDE: {name} ({_recovery(name)})"
+    requeued = report.get("requeued", {})
+    return [f"DAMAGED DATABASE SET ASIDE: {name} ({_recovery(name, requeued.get(name))})"
             for name in report.get("damaged_set_aside", [])]
 
 
-def _recovery(name: str) -> str:
+def _recovery(name: str, requeued: dict | None) -> str:
+    if requeued and requeued.get("problem"):
+        return "nothing could be read from it: keep it for the platform's operators"
+    if requeued:
+        return (f"{requeued['queued']} unsent record(s) back in the outbox"
+                + (f", {requeued['unreadable_rows']} row(s) unreadable" if requeued.get("unreadable_rows") else "")
+                + "; delete it once the outbox has drained")
     if name.startswith("gate.db."):
         return f"its unsent records: gate-agent sync requeue {name}; then delete it"
     return "docs/records.md, a damaged store"

@@ -130,7 +130,7 @@ def sync_requeue(ctx, file, dry_run):
       gate-agent sync requeue gate.db.damaged-20261125T123000Z --dry-run
       gate-agent sync requeue /var/lib/gate-agent/gate.db.damaged-20261125T123000Z
     """
-    from agent.salvage import SalvageError, read_unsent
+    from agent.salvage import SalvageError, describe_read, describe_requeue, read_unsent
     from agent.store import StoreError
     cfg = load_config(ctx)
     data_dir = Path(cfg.storage.data_dir)
@@ -142,7 +142,8 @@ def sync_requeue(ctx, file, dry_run):
         salvage = read_unsent(file)
     except SalvageError as exc:
         raise UserError(f"{exc}; nothing requeued (keep the file for the platform's operators)") from None
-    _say_read(salvage)
+    for line in describe_read(salvage):
+        click.echo(line)
     if dry_run:
         click.echo("dry run: nothing queued")
         return
@@ -154,30 +155,7 @@ def sync_requeue(ctx, file, dry_run):
                         "when there is room") from None
     finally:
         store.close()
-    queued = report["queued"]
-    click.echo(f"queued {sum(queued.values())} record(s)"
-               + (f" ({', '.join(f'{k} {n}' for k, n in sorted(queued.items()))})" if queued else "")
-               + (f"; {report['already_here']} already in the outbox" if report["already_here"] else "")
-               + f"; {report['images_queued']} image(s)"
-               + (f"; {report['images_missing']} image file(s) gone" if report["images_missing"] else ""))
-    for uuid, reason in report["refused"]:
-        click.echo(f"not queued: {uuid}: {reason}")
+    for line in describe_requeue(report):
+        click.echo(line)
     click.echo(f"{file} is left as it was: delete it once `gate-agent sync status` shows the outbox drained")
 
-
-def _say_read(salvage) -> None:
-    by_kind: dict[str, int] = {}
-    for row in salvage.records:
-        by_kind[row[1]] = by_kind.get(row[1], 0) + 1
-    click.echo(f"{salvage.path}: {len(salvage.records)} unsent record(s)"
-               + (f" ({', '.join(f'{k} {n}' for k, n in sorted(by_kind.items()))})" if by_kind else "")
-               + f", {len(salvage.images)} unsent image(s); {salvage.already_sent} already confirmed "
-                 "by the platform (left)")
-    if salvage.unreadable:
-        spans = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in salvage.unreadable[:10])
-        more = f" and {len(salvage.unreadable) - 10} more" if len(salvage.unreadable) > 10 else ""
-        lost = sum(b - a + 1 for a, b in salvage.unreadable)
-        click.echo(f"DAMAGED: {lost} row(s) unreadable, sequence numbers {spans}{more} (some may "
-                   "have been purged before the damage)")
-    if salvage.images_problem:
-        click.echo(f"images: {salvage.images_problem}")

@@ -477,6 +477,8 @@ class Rig:
         self.notes: list[str] = []
         self.vehicles = 0
         self._stored_count, self._stored_changed = -1, 0.0
+        self._stored_before_damage: dict[str, tuple[str, float]] = {}
+        """What the store held when `damage_store` garbled it: still the agent's records."""
         self._timers: list[threading.Timer] = []
 
     def run(self) -> Result:
@@ -782,6 +784,7 @@ class Rig:
         if self.agent.proc and self.agent.proc.poll() is None:
             raise RigError(f"{step}: the agent is running; damage the store between a kill and a restart")
         at = time.monotonic()
+        self._stored_before_damage.update(stored_records(self.workdir / "data"))
         for name in ("gate.db", "gate.db-wal"):
             path = self.workdir / "data" / name
             if path.exists():
@@ -932,7 +935,7 @@ class Rig:
         (a car's records keep coming for a moment after the last step) and every record
         older than IN_FLIGHT_S is at the broker; or at the deadline."""
         deadline = self.t_end + expect.within_ms / 1000
-        stored = stored_records(Path(self.config_path.parent / "data"))
+        stored = {**self._stored_before_damage, **stored_records(Path(self.config_path.parent / "data"))}
         seen = self.collector.uuids()
         young = time.time() - IN_FLIGHT_S
         missing = {u: kind for u, (kind, created) in stored.items() if u not in seen and created < young}

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 from agent.config import load
+from agent.gate import AREAS, Gate
 from agent.privacy import Sealer, create_key, load_key
 from agent.salvage import read_unsent
 from agent.sqlite_threads import set_aside
 from agent.store import Store, open_store
 from conftest import run_cli
+from gpio_rig import subsystem
 from hil.broker import Mosquitto, Subscriber
 
 CARD = {"reader": "id1", "card_kind": "resident", "id_number": "210102199001011234", "name": "张三"}
@@ -113,15 +115,57 @@ def test_requeued_records_reach_the_platform(config_file, old_store, tmp_path):
         assert not {r.uuid for r in old_store["faults"][:1000]} & set(got)   # confirmed before
 
 
-def test_a_file_nothing_can_be_read_from_is_named_and_kept(config, old_store):
+def test_a_store_whose_first_page_is_gone_is_read_page_by_page(config, old_store):
+    """The damage the agent meets when it opens a store (page 1: the header and the schema)
+    leaves SQLite nothing to read; the pages themselves still hold the rows."""
     data = bytearray(old_store["path"].read_bytes())
-    data[:100] = os.urandom(100)
+    data[:PAGE] = os.urandom(PAGE)
     old_store["path"].write_bytes(data)
     done = requeue(config.path, old_store["path"])
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert f"nothing can be read from {old_store['path']}" in done.stderr
-    assert "nothing requeued (keep the file" in done.stderr
+    assert done.returncode == 0, done.stderr
+    assert "SQLite could read nothing (SQLite cannot read the records table: file is not a database): " \
+           "read page by page" in done.stdout
+    assert "2002 unsent record(s) (alarm 1, card_read 1, fault 2000), 1 unsent image(s); " \
+           "1000 already confirmed by the platform (left)" in done.stdout
+    assert "queued 2002 record(s)" in done.stdout and "1 image(s)" in done.stdout
+    store = open_store(config, Sealer(load_key(config.privacy.key_file)))
+    try:
+        assert store.pending(1)[0].uuid == old_store["alarm"].uuid
+        assert store.get(old_store["card"].uuid).data["id_number"] == CARD["id_number"]
+        queued = [r.uuid for r in store.records("fault", limit=3000)][::-1]
+        assert queued == [r.uuid for r in old_store["faults"][1000:]]    # in their order
+    finally:
+        store.close()
     assert old_store["path"].read_bytes() == data
+
+
+def test_the_wal_of_a_store_killed_with_page_one_gone_is_read_too(config):
+    """A power cut: the recent commits are only in the WAL; then page 1 and the WAL's start
+    are damaged. What the WAL's later frames hold comes back."""
+    store = open_store(config, Sealer(load_key(config.privacy.key_file)))
+    alarm = store.add("alarm", {"button": "b1", "location": "desk", "drill": False,
+                                "pressed_at": "2026-11-25T10:00:00.000+08:00"})
+    reads = [store.add("badge_read", {"reader": "badge1", "format": "wiegand26", "badge": str(n)})
+             for n in range(50)]
+    data = Path(config.storage.data_dir)
+    for suffix in ("", "-wal"):                 # as the card held them when the power went
+        shutil.copy(data / f"gate.db{suffix}", data / f"cut.db{suffix}")
+    store.close()
+    for name in ("cut.db", "cut.db-wal"):
+        with open(data / name, "r+b") as f:
+            f.write(os.urandom(PAGE))
+    salvage = read_unsent(data / "cut.db")
+    uuids = [row[0] for row in salvage.records]
+    assert salvage.scanned and uuids[0] == alarm.uuid and uuids[1:] == [r.uuid for r in reads]
+
+
+def test_a_file_with_no_rows_of_a_store_is_named_and_kept(config, tmp_path):
+    junk = tmp_path / "gate.db.damaged-20261125T000000Z"
+    junk.write_bytes(os.urandom(8 * PAGE))
+    done = requeue(config.path, junk)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"nothing can be read from {junk}" in done.stderr and "none of its 8 page(s) holds a row" in done.stderr
+    assert "nothing requeued (keep the file" in done.stderr
 
 
 def test_the_live_store_and_a_missing_file_are_refused(config):
@@ -151,6 +195,47 @@ def test_records_sealed_under_another_key_are_left_out_and_named(config, old_sto
     assert "queued 2001 record(s) (alarm 1, fault 2000)" in done.stdout
     assert f"not queued: {old_store['card'].uuid}: personal fields sealed under another data key" \
            in done.stdout
+
+
+def agent_requeues(config) -> list:
+    """Start a gate with the housekeeping area until it has looked at the files set aside;
+    the `requeued` faults it recorded."""
+    gate = Gate(config).build([area for area in AREAS if area[0] == "agent.housekeeping"])
+    before = {r.uuid for r in gate.store.records("fault")}
+    gate.start()
+    try:
+        assert subsystem(gate, "housekeeping").set_aside_looked_at.wait(30)
+        return [r.data for r in gate.store.records("fault")
+                if r.data["condition"] == "requeued" and r.uuid not in before]
+    finally:
+        gate.stop()
+
+
+def test_the_agent_requeues_a_store_set_aside_once(config, old_store):
+    page = garble_page_holding(old_store["path"], "marker-02000")
+    [fault] = agent_requeues(config)
+    assert fault["subsystem"] == "store"
+    assert f"{old_store['name']}: " in fault["detail"] and "DAMAGED: " in fault["detail"], page
+    assert "queued " in fault["detail"] and "is kept: delete it once the outbox has drained" in fault["detail"]
+    store = open_store(config, Sealer(load_key(config.privacy.key_file)))
+    try:
+        queued = store.depth()["by_kind"]
+        assert queued["alarm"] == 1 and 1960 < queued["fault"] - 1 < 2000
+    finally:
+        store.close()
+    status = run_cli("--config", config.path, "status")
+    assert f"DAMAGED DATABASE SET ASIDE: {old_store['name']} ({queued['fault'] - 1 + 2} unsent record(s) " \
+           "back in the outbox, " in status.stdout
+    assert agent_requeues(config) == []                            # once per file
+
+
+def test_the_agent_names_a_set_aside_store_nothing_can_be_read_from(config, old_store):
+    old_store["path"].write_bytes(os.urandom(old_store["path"].stat().st_size))
+    [fault] = agent_requeues(config)
+    assert f"nothing can be read from {old_store['path']}" in fault["detail"]
+    status = run_cli("--config", config.path, "status")
+    assert "nothing could be read from it: keep it for the platform's operators" in status.stdout
+    assert agent_requeues(config) == []
 
 
 def test_requeue_has_help():
