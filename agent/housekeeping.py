@@ -19,7 +19,7 @@ import time
 
 from agent.salvage import SalvageError, describe_read, describe_requeue, read_unsent
 from agent.sqlite_threads import damaged_files
-from agent.store import REQUEUED_KEY, DiskFull, StoreError
+from agent.store import DiskFull, StoreError
 from agent.supervisor import DEGRADED, FAULT, OK, STARTING, STOPPED
 
 log = logging.getLogger("gate.housekeeping")
@@ -114,9 +114,7 @@ class Housekeeping:
             salvage = read_unsent(path)
         except SalvageError as exc:
             detail = f"{exc}; nothing requeued, the file is kept for the platform's operators"
-            done = self.store.requeued()
-            done[path.name] = {"at": time.time(), "queued": 0, "problem": str(exc)}
-            self.store.state_set(REQUEUED_KEY, done)
+            self.store.mark_requeued(path.name, {"queued": 0, "problem": str(exc)})
         else:
             lines = describe_read(salvage) + describe_requeue(self.store.requeue(salvage))
             detail = "; ".join(lines) + f"; {path.name} is kept: delete it once the outbox has drained"

@@ -27,6 +27,7 @@ from agent.records import KINDS
 from agent.sqlite_pages import Scan, scan_rows
 
 CHUNK = 512
+REFUSED_SHOWN = 20
 
 RECORD_COLUMNS = ("uuid", "kind", "priority", "created", "time", "schema", "body", "sealed")
 IMAGE_COLUMNS = ("sha256", "role", "size", "created", "record_uuid")
@@ -177,7 +178,10 @@ def describe_requeue(report: dict) -> list[str]:
              + (f"; {report['already_here']} already in the outbox" if report["already_here"] else "")
              + f"; {report['images_queued']} image(s)"
              + (f"; {report['images_missing']} image file(s) gone" if report["images_missing"] else "")]
-    lines += [f"not queued: {uuid}: {reason}" for uuid, reason in report["refused"]]
+    refused = report["refused"]
+    lines += [f"not queued: {uuid}: {reason}" for uuid, reason in refused[:REFUSED_SHOWN]]
+    if len(refused) > REFUSED_SHOWN:
+        lines.append(f"not queued: {len(refused) - REFUSED_SHOWN} more")
     return lines
 
 

@@ -23,13 +23,13 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import sqlite_utils
 from cryptography.exceptions import InvalidTag
 
 from agent.privacy import Sealer
-from agent.records import KINDS, Record, format_time, new_record, split_personal
+from agent.records import KINDS, Record, new_record, split_personal
 from agent.sqlite_threads import ThreadConnections, damage_before_opening, is_damage, set_aside
 
 log = logging.getLogger("gate.store")
@@ -380,16 +380,19 @@ class Store:
                "ON CONFLICT(sha256) DO NOTHING")
         for start in range(0, len(images), chunk):
             report["images_queued"] += sum(self._insert_many(sql, images[start:start + chunk]))
-        done = self.state_get(REQUEUED_KEY, {})
-        done[Path(salvage.path).name] = {"at": time.time(), "queued": sum(report["queued"].values()),
-                                         "refused": len(report["refused"]),
-                                         "unreadable_rows": sum(b - a + 1 for a, b in salvage.unreadable)}
-        self.state_set(REQUEUED_KEY, done)
+        self.mark_requeued(Path(salvage.path).name, {
+            "queued": sum(report["queued"].values()), "refused": len(report["refused"]),
+            "unreadable_rows": sum(b - a + 1 for a, b in salvage.unreadable)})
         return report
 
     def requeued(self) -> dict:
         """{file name: what requeue did with it} for the damaged stores already requeued."""
         return self.state_get(REQUEUED_KEY, {})
+
+    def mark_requeued(self, name: str, summary: dict) -> None:
+        done = self.requeued()
+        done[name] = dict(summary, at=time.time())
+        self.state_set(REQUEUED_KEY, done)
 
     def _unsendable(self, row: tuple) -> str:
         uuid, kind, _priority, _created, _time, _schema, body, sealed = row

@@ -15,7 +15,7 @@ from agent.config import load
 from agent.gate import Gate
 from agent.store import Store
 from conftest import run_cli
-from gpio_rig import GPIO_ONLY, ClosedContactPin, make_gate, mock_factory, release, subsystem, wait_for
+from gpio_rig import GPIO_ONLY, ClosedContactPin, make_gate, release, subsystem, wait_for
 from hil.broker import Mosquitto, Subscriber
 
 ALARM = """

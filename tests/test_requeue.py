@@ -1,7 +1,6 @@
 """`gate-agent sync requeue`: the unsent records of a damaged store back into the outbox."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path

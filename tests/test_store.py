@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from agent.privacy import Sealer, load_key
 from agent.records import Record
 from agent.sqlite_threads import damaged_files
 from agent.store import DamagedStore, Store, StoreError, open_store
