@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -166,6 +167,13 @@ def main() -> None:
         cli(prog_name="gate-agent")
     except KeyboardInterrupt:
         sys.exit(130)
+    except sqlite3.DatabaseError as exc:
+        from agent.sqlite_threads import is_damage
+        if not is_damage(exc):
+            raise
+        click.echo(f"gate-agent: a database in storage.data_dir is damaged: {exc} (gate-agent status "
+                   "says more; docs/records.md, a damaged store)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

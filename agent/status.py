@@ -1,35 +1,47 @@
 """What `gate-agent status` shows: read from the store, so it works beside a running agent."""
 from __future__ import annotations
 
+import sqlite3
 import time
+from pathlib import Path
 
 from agent.sqlite_threads import damaged_files
-from agent.store import StoreError, open_store
+from agent.store import DAMAGE_MARK, StoreError, open_store
 
 
 def collect(config) -> dict:
     set_aside = [p.name for p in damaged_files(config.storage.data_dir)]
+    mark = Path(config.storage.data_dir) / DAMAGE_MARK
+    damage_found = mark.read_text(errors="replace").strip() if mark.is_file() else None
     try:
         store = open_store(config)
     except StoreError as exc:
-        return {"error": str(exc), "damaged_set_aside": set_aside}
+        return {"error": str(exc), "damaged_set_aside": set_aside, "damage_found": damage_found}
     try:
-        depth = store.depth()
-        last = store.last_sent()
-        return {
-            "device_id": config.device.id,
-            "site": config.device.site,
-            "outbox": depth,
-            "last_sync": last,
-            "last_sync_age_s": round(time.time() - last, 1) if last else None,
-            "subsystems": store.state_get("subsystems", {}),
-            "drill": store.state_get("drill", {"on": False}),
-            "disk_free_mb": store.disk_free_mb(),
-            "damaged_set_aside": set_aside,
-            "requeued": {name: done for name, done in store.requeued().items() if name in set_aside},
-        }
+        return _read(config, store, set_aside, damage_found)
+    except sqlite3.DatabaseError as exc:   # damage deeper in than page 1: status only reports it
+        return {"error": f"cannot read database {store.path}: {exc}", "damaged_set_aside": set_aside,
+                "damage_found": damage_found}
     finally:
         store.close()
+
+
+def _read(config, store, set_aside: list[str], damage_found: str | None) -> dict:
+    depth = store.depth()
+    last = store.last_sent()
+    return {
+        "device_id": config.device.id,
+        "site": config.device.site,
+        "outbox": depth,
+        "last_sync": last,
+        "last_sync_age_s": round(time.time() - last, 1) if last else None,
+        "subsystems": store.state_get("subsystems", {}),
+        "drill": store.state_get("drill", {"on": False}),
+        "disk_free_mb": store.disk_free_mb(),
+        "damaged_set_aside": set_aside,
+        "damage_found": damage_found,
+        "requeued": {name: done for name, done in store.requeued().items() if name in set_aside},
+    }
 
 
 def render(report: dict) -> str:
@@ -53,8 +65,12 @@ def render(report: dict) -> str:
 
 def _set_aside_lines(report: dict) -> list[str]:
     requeued = report.get("requeued", {})
-    return [f"DAMAGED DATABASE SET ASIDE: {name} ({_recovery(name, requeued.get(name))})"
-            for name in report.get("damaged_set_aside", [])]
+    lines = [f"DAMAGED DATABASE SET ASIDE: {name} ({_recovery(name, requeued.get(name))})"
+             for name in report.get("damaged_set_aside", [])]
+    if report.get("damage_found"):
+        lines.append(f"STORE DAMAGED WHILE RUNNING: {report['damage_found']} (restart the agent: it sets "
+                     "gate.db aside and requeues what it can read)")
+    return lines
 
 
 def _recovery(name: str, requeued: dict | None) -> str:

@@ -63,6 +63,11 @@ MIGRATIONS = [
     """,
 ]
 
+DAMAGE_MARK = "gate.db.damage-found"
+"""Written beside gate.db when SQLite reports damage while the agent runs: the next start sets
+the store aside (and housekeeping requeues what it held), since that damage may lie deeper
+than the first page, where a check at start cannot see it."""
+
 REQUEUED_KEY = "requeued"
 """State key: the damaged stores whose unsent records were put back into the outbox."""
 
@@ -123,6 +128,8 @@ class Store:
         self.sent_listeners: list = []
         """Called with the list of UUIDs the broker confirmed, once that is committed."""
         self.disk_full = False
+        self.damage_found = ""
+        """What SQLite said when it found the file damaged while running ("" if it has not)."""
         self.undecodable: dict[str, str] = {}
         """uuid -> why: unsent records that cannot be read back (since this Store opened)."""
         try:
@@ -216,6 +223,24 @@ class Store:
                 self.disk_full = True
                 raise DiskFull(f"disk full writing to {self.path}: {exc}") from None
             raise
+        except sqlite3.DatabaseError as exc:
+            self.note_damage(exc)
+            raise
+
+    def note_damage(self, exc: sqlite3.Error) -> None:
+        """If SQLite says the file is damaged: remember it, say it once, and leave DAMAGE_MARK
+        so that the next start sets the file aside. The running agent goes on with what still
+        works (an alarm the store refuses is sent from memory)."""
+        if not is_damage(exc) or self.damage_found:
+            return
+        self.damage_found = str(exc)
+        log.critical("store %s damaged while running (%s): it is set aside at the next start and "
+                     "what it holds requeued; restart the agent to do it now", self.path, exc)
+        try:
+            found_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            (self.dir / DAMAGE_MARK).write_text(f"{found_at} {exc}\n")
+        except OSError as mark_exc:
+            log.error("cannot leave %s: %s", self.dir / DAMAGE_MARK, mark_exc.strerror)
 
     def add_image(self, data: bytes, role: str, record_uuid: str | None = None) -> str:
         """Store image bytes as images/<sha256[:2]>/<sha256>.jpg; return the sha256."""
@@ -252,7 +277,11 @@ class Store:
         if exclude:
             sql += f" AND uuid NOT IN ({','.join('?' * len(exclude))})"
         sql += " ORDER BY priority, seq LIMIT ?"
-        rows = self.db.execute(sql, exclude + [limit]).fetchall()
+        try:
+            rows = self.db.execute(sql, exclude + [limit]).fetchall()
+        except sqlite3.DatabaseError as exc:
+            self.note_damage(exc)
+            raise
         records = []
         for row in rows:
             try:
@@ -283,8 +312,12 @@ class Store:
         if not uuids:
             return
         at = time.time() if at is None else at
-        self.db.execute(f"UPDATE records SET sent_at = ? WHERE uuid IN ({','.join('?' * len(uuids))})",
-                        [at] + uuids)
+        try:
+            self.db.execute(f"UPDATE records SET sent_at = ? WHERE uuid IN ({','.join('?' * len(uuids))})",
+                            [at] + uuids)
+        except sqlite3.DatabaseError as exc:
+            self.note_damage(exc)
+            raise
         for listener in list(self.sent_listeners):
             listener(uuids)
 
@@ -546,13 +579,18 @@ def open_store(config, sealer: Sealer | None = None, *, set_aside_damaged: bool 
     gate.db.damaged-<UTC time>, a new one is started and a `fault` record says
     so: a gate that will not start leaves its alarm buttons unheard, and the
     file set aside keeps what it held for an installer to recover."""
-    try:
-        return _store(config, sealer)
-    except DamagedStore as exc:
-        if not set_aside_damaged:
-            raise
-        damage = exc
+    mark = Path(config.storage.data_dir) / DAMAGE_MARK
+    if set_aside_damaged and mark.exists() and (mark.parent / "gate.db").exists():
+        damage = DamagedStore(f"damage found while the agent ran: {mark.read_text().strip()}")
+    else:
+        try:
+            return _store(config, sealer)
+        except DamagedStore as exc:
+            if not set_aside_damaged:
+                raise
+            damage = exc
     moved = set_aside(Path(config.storage.data_dir) / "gate.db")
+    mark.unlink(missing_ok=True)
     log.error("%s: set aside as %s; starting a new store", damage, moved)
     store = _store(config, sealer)
     store.add("fault", {"subsystem": "store", "condition": "damaged_set_aside",

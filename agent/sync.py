@@ -559,7 +559,8 @@ class SyncEngine:
             problem = str(exc) or type(exc).__name__
             if problem != self._store_problem:
                 log.error("sync: cannot read the outbox (%s): %s; retrying", self.store.path, problem)
-            self._store_problem = problem
+                self._store_problem = problem
+                self.publish_status()   # the platform hears of it even with the outbox stuck
             return sent
         if self._store_problem:
             log.info("sync: the outbox can be read again")
@@ -833,9 +834,13 @@ class SyncEngine:
             lists.close()
 
     def status(self) -> dict:
-        config = self.store.state_get("remote_config", {})
-        lists = self.store.state_get("downlink.lists", {})
-        depth = self.store.depth()
+        try:
+            config = self.store.state_get("remote_config", {})
+            lists = self.store.state_get("downlink.lists", {})
+            depth = self.store.depth()
+        except Exception as exc:   # a damaged store: say that much, directly
+            return {"online": True, "time": time.time(), "agent_version": __version__,
+                    "store_damaged": self.store.damage_found or None, "store_unreadable": str(exc)}
         return {"online": True, "time": time.time(), "agent_version": __version__,
                 "config_version": config.get("version"),
                 "config_running": getattr(self.config, "remote_version", None),
@@ -844,6 +849,7 @@ class SyncEngine:
                 "lists_refused": lists.get("refused"),
                 "config_refused": self.store.state_get("downlink.config", {}).get("refused"),
                 "disk_full": bool(self.store.disk_full), "disk_free_mb": self.store.disk_free_mb(),
+                "store_damaged": self.store.damage_found or None,
                 "outbox": depth["by_priority"], "oldest_unsent_s": depth["oldest_unsent_s"]}
 
     def publish_status(self) -> None:
@@ -898,7 +904,10 @@ class SyncSubsystem:
             return {"state": FAULT, "detail": engine.link.detail or "sync threads died"}
         link = engine.link
         state, detail = link.state, link.detail
-        if engine._store_problem and state == OK:
+        if engine.store.damage_found and state == OK:
+            state, detail = DEGRADED, (f"store damaged while running ({engine.store.damage_found}): "
+                                       "restart the agent to set it aside and requeue what it holds")
+        elif engine._store_problem and state == OK:
             state, detail = DEGRADED, f"cannot read the outbox: {engine._store_problem}"
         elif engine.store.undecodable and state == OK:
             state, detail = DEGRADED, (f"{len(engine.store.undecodable)} record(s) in the outbox cannot "

@@ -11,7 +11,8 @@ import pytest
 from agent.records import Record
 from agent.sqlite_threads import damaged_files
 from agent.store import DamagedStore, Store, StoreError, open_store
-from conftest import ROOT
+from conftest import MINIMAL as MINIMAL_CONFIG
+from conftest import ROOT, run_cli
 
 ALARM = {"button": "b1", "location": "desk", "drill": False, "pressed_at": "2026-11-24T10:00:00+08:00"}
 HEALTH = {"outbox": {}, "subsystems": {}, "disk_free_mb": 1, "versions": {}}
@@ -339,3 +340,50 @@ def test_a_wal_with_a_damaged_header_is_damage_not_an_empty_log(tmp_path):
     store.close()
     [moved] = damaged_files(data)
     assert moved.with_name(moved.name + "-wal").read_bytes() == wal
+
+
+def test_damage_met_while_running_sets_the_store_aside_at_the_next_start(tmp_path):
+    """Damage deeper than page 1 is found only where it is read; the store says so, and the
+    next start sets the file aside so housekeeping can requeue what it still holds."""
+    from agent.housekeeping import Housekeeping
+    from agent.store import DAMAGE_MARK
+    from agent.status import collect, render
+    config = _config(tmp_path)
+    data = tmp_path / "data"
+    store = open_store(config, set_aside_damaged=True)
+    store.db.conn.execute("BEGIN")
+    for n in range(3000):
+        store.add("badge_read", dict(BADGE, badge=f"{n:06d}"))
+    store.db.conn.execute("COMMIT")
+    store.close()
+    raw = bytearray((data / "gate.db").read_bytes())
+    leaf = raw.index(b'"001500"') // 4096 * 4096
+    raw[leaf:leaf + 64] = os.urandom(64)
+    (data / "gate.db").write_bytes(raw)
+
+    store = open_store(config, set_aside_damaged=True)      # page 1 is sound: it opens
+    try:
+        with pytest.raises(sqlite3.DatabaseError, match="malformed"):
+            store.pending(3000)
+        assert "malformed" in store.damage_found
+    finally:
+        store.close()
+    assert "database disk image is malformed" in (data / DAMAGE_MARK).read_text()
+    assert "STORE DAMAGED WHILE RUNNING" in render(collect(config))
+    (data / "config.toml").write_text(MINIMAL_CONFIG.format(data_dir=data))
+    done = run_cli("--config", data / "config.toml", "sync", "status")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "a database in storage.data_dir is damaged: database disk image is malformed" in done.stderr
+
+    store = open_store(config, set_aside_damaged=True)
+    try:
+        [moved] = damaged_files(data)
+        assert not (data / DAMAGE_MARK).exists()
+        [fault] = [r for r in store.pending(10) if r.kind == "fault"]
+        assert "damage found while the agent ran" in fault.data["detail"]
+        Housekeeping(store, 60).requeue_set_aside()
+        back = store.depth()["by_kind"]["badge_read"]
+        assert 2900 < back < 3000                               # all but the damaged page's rows
+        assert "unsent record(s) back in the outbox" in render(collect(config))
+    finally:
+        store.close()
