@@ -746,19 +746,37 @@ DATABASES = ("gate.db", "lists.db", "lists-state.db")
 
 
 def _check_databases(data_dir: Path) -> list[Result]:
-    """Each database there, read through (PRAGMA quick_check) without writing, and those set aside."""
+    """Each database there, read through (PRAGMA quick_check) without writing, and those set aside.
+
+    Damage quick_check finds in gate.db is marked (gate.db.damage-found, as the agent itself
+    does): damage past page 1 is otherwise not seen when the agent starts."""
     from agent.sqlite_threads import damaged_files
-    fix = "the agent sets it aside at its next start and starts a new one; docs/records.md, a damaged store"
+    from agent.store import DAMAGE_MARK
+    mark = data_dir / DAMAGE_MARK
+    restart = "restart the agent: it sets gate.db aside and requeues what it can read (docs/records.md)"
     out = []
     for name in DATABASES:
         path = data_dir / name
         if not path.exists():
             continue
         problem = _quick_check(path)
-        out.append(Result("disk", f"database {name}", FAIL, problem, fix) if problem
-                   else Result("disk", f"database {name}", PASS, "readable (quick_check ok)"))
+        if not problem:
+            out.append(Result("disk", f"database {name}", PASS, "readable (quick_check ok)"))
+        elif name == "gate.db":
+            if not mark.exists():
+                found_at = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                mark.write_text(f"{found_at} selftest: {problem}\n")
+            out.append(Result("disk", f"database {name}", FAIL, problem, restart))
+        else:
+            out.append(Result("disk", f"database {name}", FAIL, problem,
+                              "the agent sets it aside at its next start when SQLite cannot open it; "
+                              "else stop the agent, move it aside, and let the platform send its lists again"))
+    if mark.exists() and not any(r.part == "database gate.db" and r.status == FAIL for r in out):
+        out.append(Result("disk", "database gate.db", FAIL,
+                          f"damage found while the agent ran: {mark.read_text(errors='replace').strip()}", restart))
     for path in damaged_files(data_dir):
-        fix = (f"gate-agent sync requeue {path.name}, then delete it" if path.name.startswith("gate.db.")
+        fix = ("the agent requeued its unsent records when it started (gate-agent status says how many); "
+               "delete it once the outbox has drained" if path.name.startswith("gate.db.")
                else "recover what it held, then delete it: docs/records.md, a damaged store")
         out.append(Result("disk", f"database {path.name}", WARN, "set aside as damaged by the agent", fix))
     return out

@@ -390,6 +390,27 @@ def test_disk_reads_each_database_through_and_names_the_damaged(config):
     assert by_part(results, "lists-state.db.damaged-20261125T010203Z").status == st.WARN
 
 
+def test_disk_marks_damage_past_page_one_for_the_agent_to_set_aside(config):
+    """quick_check finds what the agent's check at start cannot: the mark makes the next start act."""
+    from agent.store import DAMAGE_MARK, Store
+    data = config.parent.parent.parent / "var/lib/gate-agent"
+    store = Store(data, device_id=DEVICE_ID, site="s1", reserve_mb=1)
+    store.db.conn.execute("BEGIN")
+    for n in range(2000):
+        store.add("badge_read", {"reader": "r1", "format": "wiegand26", "badge": f"{n:06d}"})
+    store.db.conn.execute("COMMIT")
+    store.close()
+    raw = bytearray((data / "gate.db").read_bytes())
+    leaf = raw.index(b'"001000"') // 4096 * 4096
+    raw[leaf:leaf + 64] = os.urandom(64)
+    (data / "gate.db").write_bytes(raw)
+    result = by_part(st.run_all(config, only={"disk"}), "database gate.db")
+    assert result.status == st.FAIL and "restart the agent: it sets gate.db aside" in result.fix
+    assert "selftest:" in (data / DAMAGE_MARK).read_text()
+    again = by_part(st.run_all(config, only={"disk"}), "database gate.db")
+    assert again.status == st.FAIL and (data / "gate.db").read_bytes() == raw
+
+
 def test_keys_check_reports_missing_command_key_and_bad_mode(config):
     results = st.run_all(config, only={"keys"})
     assert by_part(results, "data key").status == st.PASS
