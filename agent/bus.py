@@ -20,7 +20,7 @@ DRILL = "drill"                      # on (bool), source (cli|schedule|command),
 PRESENCE = "lane.presence"           # lane, present (bool)
 RESYNC = "sync.resync"               # (none)
 LISTS_UPDATED = "lists.updated"      # version
-ALARM_UNSTORED = "alarm.unstored"    # record: an alarm the store refused, for the sync to send from memory
+ALARM_UNSTORED = "alarm.unstored"    # record: an alarm the store refused or holds up, for the sync to send from memory
 ALARM_SENT_FROM_MEMORY = "alarm.sent_from_memory"   # uuid: the broker confirmed one of those
 
 

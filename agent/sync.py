@@ -21,7 +21,8 @@ MQTT v5 is used because its PUBACK carries a reason code: a publish the
 broker's ACL refuses is NOT confirmed, it stays in the outbox.
 
 One exception to "only the outbox": an alarm the store refused (a failing SD
-card, a file system remounted read-only) is handed over on the bus
+card, a file system remounted read-only) or holds up (a commit stalled past
+0.5 s) is handed over on the bus
 (ALARM_UNSTORED) and sent from memory, ahead of everything, with `seq` null; its
 PUBACK is announced on the bus (ALARM_SENT_FROM_MEMORY) instead of committed.
 The pump also outlives a store it cannot read, so such an alarm still goes.
@@ -161,7 +162,7 @@ class SyncEngine:
         self._held: set[str] = set()              # in flight or confirmed, not yet committed
         self._uncommitted = 0                      # confirmed, handed to the committer
         self._refused: dict[str, float] = {}      # key -> retry time
-        self._from_memory: dict[str, object] = {}  # uuid -> alarm record the store refused
+        self._from_memory: dict[str, object] = {}  # uuid -> alarm the store refused or holds up
         self._store_problem = ""                   # why the outbox cannot be read ("" when it can)
         self._urgent = False                      # an alarm was stored: look at the head now
         self._last_sweep = 0.0
@@ -428,8 +429,8 @@ class SyncEngine:
         self._wake.set()
 
     def _on_unstored_alarm(self, record) -> None:
-        """An alarm the store refused (the alarm panel's thread, again every round until
-        confirmed): kept here and published from memory by the pump."""
+        """An alarm the store refused or holds up (the alarm panel's thread, again every round
+        until confirmed): kept here and published from memory by the pump."""
         if record.uuid in self._from_memory:
             return
         self._from_memory[record.uuid] = record
@@ -603,7 +604,6 @@ class SyncEngine:
             self._publish_record(record, what="memory")
             sent += 1
         return sent
-
 
     def _publish_record(self, record, what: str = "record") -> None:
         payload = record.to_json().encode()
