@@ -146,8 +146,12 @@ class VisionProcess:
             dropped = self._unstored.popleft()
             log.error("plate read %s at lane %s lost: %d reads already wait for the store",
                       dropped.data.get("plate_no"), dropped.data.get("lane"), UNSTORED_MAX)
-        self._unstored.append(Unstored(data, scene_jpeg, crop_jpeg))
+        event = Unstored(data, scene_jpeg, crop_jpeg)
+        self._unstored.append(event)
         self._store_pending()
+        if event.uuid is None and self.bus is not None:
+            # no record, so no decision will come for this vehicle while the store refuses
+            self.bus.publish(topics.GUARD_ATTENTION, lane=data.get("lane"), reason="fault", ref=None)
 
     def _store_pending(self) -> None:
         """Store the waiting reads in order: a read that can't be stored (a full disk) waits

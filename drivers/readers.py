@@ -15,8 +15,10 @@ import datetime as dt
 import ctypes.util
 import logging
 import os
+import time
 from zoneinfo import ZoneInfo
 
+from agent import bus as topics
 from agent import idcard
 from drivers.serial_reader import BadgePoller, IdCardPoller
 
@@ -25,6 +27,9 @@ log = logging.getLogger("gate.readers")
 WLT_LIBRARIES = ("wlt2bmp", "wltrs", "WltRS", "dewlt", "wlt")
 WLT_PATHS = ("/usr/lib/libwlt2bmp.so", "/usr/local/lib/libwlt2bmp.so", "/opt/wlt/libwlt2bmp.so")
 BMP_BYTES = 38862
+ATTENTION_EVERY_S = 10.0
+"""While the store refuses reads, the guard is asked again at most this often (a card left on
+the reader is read again every poll)."""
 """102 x 126 pixels, 24-bit rows padded to 308 bytes, plus the 54-byte BMP header."""
 
 
@@ -118,6 +123,9 @@ class _ReaderSubsystem:
     def __init__(self, gate, cfg, poller):
         self.gate, self.cfg, self.poller = gate, cfg, poller
         self.name = f"reader.{cfg.name}"
+        self.not_stored = 0
+        self._store_problem = ""
+        self._asked_at = -ATTENTION_EVERY_S
 
     def start(self) -> None:
         self.poller.start()
@@ -128,7 +136,35 @@ class _ReaderSubsystem:
     def health(self) -> dict:
         health = self.poller.health()
         health.update(port=self.cfg.port, kind=self.cfg.kind, reads=self.poller.reads)
+        if self._store_problem and health.get("state") == "ok":
+            health.update(state="degraded", detail=f"reads not stored ({self.not_stored} tries): "
+                                                   f"{self._store_problem}; the guard is asked to check by hand")
         return health
+
+    def _store_read(self, kind: str, data: dict):
+        """The read stored: the decision follows from the store. When the store refuses it the
+        guard is asked to check by hand (at most every ATTENTION_EVERY_S while it goes on) and
+        the error goes back to the poller, which reads a card still on the reader again."""
+        try:
+            record = self.gate.record(kind, data)
+        except Exception as exc:
+            self.not_stored += 1
+            self._store_problem = str(exc)
+            now = time.monotonic()
+            if now - self._asked_at >= ATTENTION_EVERY_S:
+                self._asked_at = now
+                self._ask_guard(kind, exc)
+            raise
+        self._store_problem, self._asked_at = "", -ATTENTION_EVERY_S
+        return record
+
+    def _ask_guard(self, kind: str, exc: Exception) -> None:
+        lanes = self.gate.config.lanes
+        lane = self.cfg.lane or (lanes[0].name if len(lanes) == 1 else "")
+        log.error("reader %s: %s NOT STORED (%s): no decision; the guard of lane %s is asked to "
+                  "check by hand", self.cfg.name, kind, exc, lane or "?")
+        if lane:
+            self.gate.bus.publish(topics.GUARD_ATTENTION, lane=lane, reason="fault", ref=None)
 
     def _fault(self, condition: str, detail: str) -> None:
         self.gate.record("fault", {"subsystem": self.name, "condition": condition, "detail": detail,
@@ -152,7 +188,7 @@ class CardReader(_ReaderSubsystem):
 
     def _card(self, card: dict) -> None:
         data = card_record(card, self.cfg.name, self.cfg.lane, self.keep)
-        record = self.gate.record("card_read", data)
+        record = self._store_read("card_read", data)
         flags = [f for f in ("expired", "not_yet_valid") if card.get(f)]
         if not card.get("id_valid"):
             flags.append("id check failed")
@@ -170,7 +206,7 @@ class BadgeReader(_ReaderSubsystem):
 
     def _badge(self, badge) -> None:
         data = {"reader": self.cfg.name, "lane": self.cfg.lane, **badge.to_data()}
-        self.gate.record("badge_read", data)
+        self._store_read("badge_read", data)
 
 
 def build(gate) -> list:

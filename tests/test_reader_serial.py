@@ -333,6 +333,40 @@ def test_reads_become_records_with_only_the_kept_fields_sealed_at_rest(config_fi
         gate.store.close()
 
 
+def test_a_read_the_store_refuses_asks_the_guard_and_the_card_is_read_again(config_file, tmp_path,
+                                                                           monkeypatch):
+    """No record, no decision: the guard must hear of it, and the reader reads on."""
+    from agent.bus import GUARD_ATTENTION
+    with ReaderSimulator(link=tmp_path / "id") as sim, BadgeSimulator("rdm6300", link=tmp_path / "badge") as badge_sim:
+        gate = gate_with(config_file, sim.port, badge_sim.port)
+        asked = []
+        gate.bus.subscribe(GUARD_ATTENTION, lambda **event: asked.append(event))
+        real_put = gate.store.put
+
+        def refuse_reads(record):
+            if record.kind == "card_read":
+                raise OSError("disk I/O error (simulated)")
+            return real_put(record)
+        monkeypatch.setattr(gate.store, "put", refuse_reads)
+        reader = readers.build(gate)[0]
+        reader.start()
+        try:
+            sim.place(Card.resident())
+            wait_for(lambda: asked, what="the guard asked")
+            assert asked[0] == {"lane": "in1", "reason": "fault", "ref": None}
+            wait_for(lambda: reader.health()["state"] == "degraded")
+            detail = reader.health()["detail"]
+            assert "reads not stored" in detail and "disk I/O error" in detail
+            assert not gate.store.records("card_read")
+            monkeypatch.setattr(gate.store, "put", real_put)
+            wait_for(lambda: gate.store.records("card_read"), what="the card read again, stored")
+            wait_for(lambda: reader.health()["state"] == "ok")
+            assert len(asked) == 1                                   # not again every poll
+        finally:
+            reader.stop()
+            gate.store.close()
+
+
 def test_photo_kept_as_wlt_when_configured():
     card = Card.resident()
     read = card_from(CardData(card.text(), card.photo), TODAY)

@@ -94,8 +94,11 @@ def test_a_missing_camera_is_a_fault_record_and_degraded_not_dead(tmp_path, stor
 
 
 def test_a_read_the_store_refuses_waits_and_is_stored_later_with_its_images(tmp_path, store):
+    from agent.bus import GUARD_ATTENTION, Bus
     from agent.store import DiskFull
-    vision = VisionProcess(_settings(tmp_path / "cam"), store)
+    bus, asked = Bus(), []
+    bus.subscribe(GUARD_ATTENTION, lambda **event: asked.append(event))
+    vision = VisionProcess(_settings(tmp_path / "cam"), store, bus)
     real_add_image = store.add_image
     refusing = {"on": True}
 
@@ -108,9 +111,11 @@ def test_a_read_the_store_refuses_waits_and_is_stored_later_with_its_images(tmp_
             "pass_time": "", "motor_vehicle": {}, "confidence": 0.9}
     vision._store_event(data, b"scene-jpeg", b"crop-jpeg")
     assert vision.events_stored == 0 and vision.store_errors == 1
+    assert asked == [], "its record is stored: the decision follows, only the images wait"
     vision._store_event(dict(data, plate_no="辽B67890"), b"scene-2", b"")
     assert [r.data["plate_no"] for r in store.records("plate_read")] == ["辽A12345"], \
         "the second read waits behind the first, in order"
+    assert asked == [{"lane": "in1", "reason": "fault", "ref": None}], "no record, no decision: the guard"
     refusing["on"] = False
     vision._store_pending()
     reads = store.records("plate_read")
