@@ -351,8 +351,18 @@ class DecisionSubsystem:
                 self.handle(record, t0)
             except Exception:  # a bad read must not stop the decisions
                 log.exception("decision on %s failed", getattr(record, "uuid", "?"))
+                self._ask_guard_after_failure(record)
             finally:
                 self._queue.task_done()
+
+    def _ask_guard_after_failure(self, record) -> None:
+        """No decision came (the store refused it, say): the guard decides by hand."""
+        try:
+            lane = self.lane_of(record)
+            if lane:
+                self.bus.publish(topics.GUARD_ATTENTION, lane=lane, reason="fault", ref=record.uuid)
+        except Exception:
+            log.exception("cannot ask the guard after a failed decision")
 
     def _watch_lists(self) -> None:
         """Pick up lists changed by another process (`gate-agent lists import`); loading

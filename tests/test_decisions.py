@@ -113,6 +113,26 @@ def test_staff_plate_opens_the_barrier_after_the_record_is_stored(rig, store):
     assert stored.data["decision_ms"] >= 0
 
 
+def test_a_decision_the_store_refuses_asks_the_guard_and_opens_nothing(rig, store, monkeypatch):
+    real_add = store.add
+
+    def refuse_decisions(kind, data, at=None):
+        if kind == "access_decision":
+            raise OSError("disk I/O error (simulated)")
+        return real_add(kind, data, at)
+    monkeypatch.setattr(store, "add", refuse_decisions)
+    rig.gate.start()
+    try:
+        read = store.add("plate_read", {"lane": "in1", "plate_no": "粤B12345", "plate_color": "blue",
+                                        "plate_class": "02", "pass_time": "", "motor_vehicle": {},
+                                        "confidence": 0.95})
+        assert rig.gate.wait_idle()
+    finally:
+        rig.gate.stop()
+    assert rig.published.events == [(topics.GUARD_ATTENTION, {"lane": "in1", "reason": "fault",
+                                                               "ref": read.uuid})]
+
+
 def test_staff_card_and_badge_allow(rig):
     assert decision(rig.card(STAFF_ID)) == ("allow", "staff")
     assert decision(rig.badge("0012345678", after_s=60)) == ("allow", "staff_badge")
