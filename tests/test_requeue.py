@@ -14,11 +14,11 @@ from agent.salvage import read_unsent
 from agent.sqlite_threads import set_aside
 from agent.store import Store, open_store
 from conftest import run_cli
+from damage import PAGE, garble_page_holding
 from gpio_rig import subsystem
 from hil.broker import Mosquitto, Subscriber
 
 CARD = {"reader": "id1", "card_kind": "resident", "id_number": "210102199001011234", "name": "张三"}
-PAGE = 4096
 
 
 def fault(n: int) -> dict:
@@ -46,15 +46,6 @@ def old_store(config):
     store.close()
     moved = set_aside(store.path)
     return {"name": moved.name, "path": moved, "alarm": alarm, "card": card, "faults": faults, "sha": sha}
-
-
-def garble_page_holding(path, text: str) -> int:
-    """Overwrite the b-tree page whose rows hold `text` (a table leaf page); its number."""
-    data = bytearray(path.read_bytes())
-    page = data.index(text.encode()) // PAGE
-    data[page * PAGE:page * PAGE + 64] = os.urandom(64)
-    path.write_bytes(data)
-    return page
 
 
 def requeue(config_path, *args):

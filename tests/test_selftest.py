@@ -394,16 +394,12 @@ def test_disk_marks_damage_past_page_one_for_the_agent_to_set_aside(config):
     """quick_check finds what the agent's check at start cannot: the mark makes the next start act."""
     from agent.store import DAMAGE_MARK, Store
     data = config.parent.parent.parent / "var/lib/gate-agent"
+    from damage import fill_with_badge_reads, garble_page_holding
     store = Store(data, device_id=DEVICE_ID, site="s1", reserve_mb=1)
-    store.db.conn.execute("BEGIN")
-    for n in range(2000):
-        store.add("badge_read", {"reader": "r1", "format": "wiegand26", "badge": f"{n:06d}"})
-    store.db.conn.execute("COMMIT")
+    fill_with_badge_reads(store, 2000)
     store.close()
-    raw = bytearray((data / "gate.db").read_bytes())
-    leaf = raw.index(b'"001000"') // 4096 * 4096
-    raw[leaf:leaf + 64] = os.urandom(64)
-    (data / "gate.db").write_bytes(raw)
+    garble_page_holding(data / "gate.db", '"001000"')
+    raw = (data / "gate.db").read_bytes()
     result = by_part(st.run_all(config, only={"disk"}), "database gate.db")
     assert result.status == st.FAIL and "restart the agent: it sets gate.db aside" in result.fix
     assert "selftest:" in (data / DAMAGE_MARK).read_text()

@@ -12,6 +12,7 @@ from agent.records import Record
 from agent.sqlite_threads import damaged_files
 from agent.store import DamagedStore, Store, StoreError, open_store
 from conftest import MINIMAL as MINIMAL_CONFIG
+from damage import fill_with_badge_reads, garble_page_holding
 from conftest import ROOT, run_cli
 
 ALARM = {"button": "b1", "location": "desk", "drill": False, "pressed_at": "2026-11-24T10:00:00+08:00"}
@@ -351,15 +352,9 @@ def test_damage_met_while_running_sets_the_store_aside_at_the_next_start(tmp_pat
     config = _config(tmp_path)
     data = tmp_path / "data"
     store = open_store(config, set_aside_damaged=True)
-    store.db.conn.execute("BEGIN")
-    for n in range(3000):
-        store.add("badge_read", dict(BADGE, badge=f"{n:06d}"))
-    store.db.conn.execute("COMMIT")
+    fill_with_badge_reads(store, 3000)
     store.close()
-    raw = bytearray((data / "gate.db").read_bytes())
-    leaf = raw.index(b'"001500"') // 4096 * 4096
-    raw[leaf:leaf + 64] = os.urandom(64)
-    (data / "gate.db").write_bytes(raw)
+    garble_page_holding(data / "gate.db", '"001500"')
 
     store = open_store(config, set_aside_damaged=True)      # page 1 is sound: it opens
     try:
