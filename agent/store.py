@@ -34,6 +34,9 @@ from agent.sqlite_threads import ThreadConnections, damage_before_opening, is_da
 
 log = logging.getLogger("gate.store")
 
+# agent/salvage.py knows the rows of `records` and `images` by these columns when it reads a
+# damaged file page by page (_is_record_row, _is_image_row): a migration that changes them
+# changes those too (tests/test_requeue.py reads a store whose page 1 is gone).
 MIGRATIONS = [
     """
     CREATE TABLE records (
