@@ -74,7 +74,7 @@ def test_a_plate_crop_the_detector_cannot_find_is_read_whole():
     """A real crop cut at the plate's border: no edge for the detector, read whole by `plates read`."""
     if not _recogniser_available():
         pytest.skip("no recogniser: covered by test_read_with_the_recogniser_follows_the_contract")
-    crop = need_plates() / "hyperlpr3" / "_1_皖KD01833.jpg"
+    crop = need_plates() / "hyperlpr3" / "_8_冀D5L690.jpg"
     from agent.plates.detect import Detector
     from agent.plates.pipeline import read_plates
     from agent.plates.recognise import load_reader
@@ -84,7 +84,7 @@ def test_a_plate_crop_the_detector_cannot_find_is_read_whole():
     result = run_cli("plates", "read", "--json", crop, env=NO_CONFIG)
     assert result.returncode == 0, result.stderr
     plates = json.loads(result.stdout)["plates"]
-    assert [(p["text"], p["color"], p["box"]) for p in plates] == [("皖KD01833", "green", [0, 0, 247, 69])]
+    assert [(p["text"], p["color"], p["box"]) for p in plates] == [("冀D5L690", "yellow", [0, 0, 153, 51])]
 
 
 def test_missing_file_only_is_reported_not_a_traceback(tmp_path):

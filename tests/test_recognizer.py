@@ -1,14 +1,15 @@
 """The shipped plate model: manifest checks, real crops, double-row plates, engine parity."""
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 
 from conftest import need_plates
 from models import synth
 from models.dataset import is_held_out, load_folder
-from models.recognizer import (MODEL_DIR, ModelFilesError, char_accuracy, load_recognizer, plate_color,
-                               plate_color_code)
+from models.recognizer import (MODEL_DIR, ModelFilesError, char_accuracy, light_on_dark, load_recognizer,
+                               plate_color, plate_color_code, to_grey)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +101,37 @@ def test_real_blue_crops_are_blue(held_out):
     assert colours.count("blue") / len(colours) > 0.9
     blue = next(s.image for s, c in zip(held_out, colours) if c == "blue")
     assert plate_color_code(blue) == 5
+
+
+def test_green_plates_are_read_light_on_dark():
+    rng = np.random.default_rng(7)
+    img, _ = synth.render_plate(synth.random_plate(rng, "small_new_energy")[0], "small_new_energy", rng)
+    assert np.median(to_grey(img)) > 128
+    assert np.median(light_on_dark(img)) < 128
+
+
+@pytest.mark.parametrize("kind", ["large", "police"])
+def test_yellow_and_white_plates_are_read_as_they_are(kind):
+    rng = np.random.default_rng(7)
+    img, _ = synth.render_plate(synth.random_plate(rng, kind)[0], kind, rng)
+    assert np.array_equal(light_on_dark(img), to_grey(img))
+
+
+def test_real_green_plates_are_read_better_light_on_dark(opencv):
+    root = need_plates()
+    green = [s for s in load_folder(root / "ccpd_demo_hukai97") if s.color == "green"]
+    assert len(green) >= 4
+    as_they_are = sum(opencv.read(cv2.cvtColor(to_grey(s.image), cv2.COLOR_GRAY2BGR)).text == s.text for s in green)
+    inverted = sum(opencv.read(s.image).text == s.text for s in green)
+    assert inverted > as_they_are, (inverted, as_they_are)
+
+
+def test_blue_plates_are_left_light_on_dark(held_out):
+    rng = np.random.default_rng(7)
+    synthetic, _ = synth.render_plate(synth.random_plate(rng, "small")[0], "small", rng)
+    blue = [s.image for s in held_out if plate_color(s.image) == "blue"] + [synthetic]
+    assert len(blue) > 200
+    assert all(np.array_equal(light_on_dark(img), to_grey(img)) for img in blue)
 
 
 def test_double_row_plates_are_read(opencv):
