@@ -14,6 +14,13 @@ must not keep an alarm from the platform. So is one whose write has not
 committed within WRITE_STALL_S (a stalled card). Once stored it is sent again
 from the outbox, with its `seq` (the platform de-duplicates by UUID).
 
+Two threads of the panel's own keep the timers apart: the sender ("alarm-sender",
+woken by each press) hands alarms to the sync from memory and switches the siren
+and ack lamp off; it never touches the store. The store worker ("alarm-timers")
+does what writes: the retries, tamper records, drill state. A stalled card can
+hold one of its writes for the SQLite busy timeout; the memory send of a new
+press does not wait behind it.
+
 Presses (documented in docs/gpio.md):
 - a press counts at its first edge; bounces and glitches shorter than the
   button's debounce_s never make a second press;
@@ -59,6 +66,7 @@ WRITE_STALL_S = 0.5
 """An alarm whose write has not committed after this long is sent from memory meanwhile: an SD
 card can stall a commit for seconds, and the platform must have the alarm within 2 s."""
 DRILL_REFRESH_S = 0.5
+STOP_JOIN_S = 2.0
 
 
 # --- drill mode -----------------------------------------------------------------
@@ -164,23 +172,29 @@ class AlarmPanel:
         self.pins = None
         self.buttons: list[Button] = []
         self.siren = self.ack_lamp = self.drill_lamp = None
+        self._lock = threading.Lock()
+        """Guards the siren and ack lamp deadlines (with the switching they time) and the
+        alarms held in memory; never held while the store or the bus is called."""
         self._siren_off_at = self._ack_off_at = None
         self._unacked: set[str] = set()
         self._unstored: list = []
         self._writing: dict[str, tuple] = {}          # uuid -> (record, monotonic start of its write)
         self._sent_from_memory: set[str] = set()
         self._stop = threading.Event()
+        self._wake_sender = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sender: threading.Thread | None = None
         self._next_drill_refresh = 0.0
         self._drill_shown: tuple | None = None
         self._round_error: str | None = None
+        self._send_error: str | None = None
         self._thread_local = threading.local()
 
     # --- lifecycle ---
 
     def start(self) -> None:
-        self._stop.clear()
-        self._round_error = None
+        self._stop = threading.Event()  # a worker left in a stalled write by stop() ends with its own
+        self._round_error = self._send_error = None
         self.pins = self.open_pins()
         try:
             self._open()
@@ -191,7 +205,11 @@ class AlarmPanel:
         self.bus.subscribe(topics.DRILL, self._on_drill)
         self.bus.subscribe(topics.ALARM_SENT_FROM_MEMORY, self._on_sent_from_memory)
         self.store.sent_listeners.append(self._on_sent)
-        self._thread = threading.Thread(target=self._run, name="alarm-timers", daemon=True)
+        self._sender = threading.Thread(target=self._send_loop, args=(self._stop,),
+                                        name="alarm-sender", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(self._stop,),
+                                        name="alarm-timers", daemon=True)
+        self._sender.start()
         self._thread.start()
 
     def _open(self) -> None:
@@ -235,9 +253,14 @@ class AlarmPanel:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2)
-        self._thread = None
+        self._wake_sender.set()
+        for thread in (self._sender, self._thread):
+            if thread and thread is not threading.current_thread():
+                thread.join(timeout=STOP_JOIN_S)
+        if self._thread and self._thread.is_alive():
+            log.warning("alarm store worker still in a store write after %.0f s (a stalled card?): "
+                        "it ends when the write returns", STOP_JOIN_S)
+        self._thread = self._sender = None
         self.bus.unsubscribe(topics.DRILL, self._on_drill)
         self.bus.unsubscribe(topics.ALARM_SENT_FROM_MEMORY, self._on_sent_from_memory)
         if self._on_sent in self.store.sent_listeners:
@@ -253,14 +276,16 @@ class AlarmPanel:
     def health(self) -> dict:
         if self.pins is None:
             return {"state": "stopped", "detail": ""}
-        if self._thread is None or not self._thread.is_alive():
-            return {"state": "fault", "detail": "the alarm timer thread is not running"}
+        for thread, what in ((self._thread, "timer"), (self._sender, "sender")):
+            if thread is None or not thread.is_alive():
+                return {"state": "fault", "detail": f"the alarm {what} thread is not running"}
         problems = [f"button {b.name} wire cut" for b in self.buttons if b.cut_reported]
-        if self._round_error:
-            problems.append(self._round_error)
-        if self._unstored:
-            confirmed = sum(r.uuid in self._sent_from_memory for r in self._unstored)
-            problems.append(f"{len(self._unstored)} alarm(s) not stored yet "
+        problems += [error for error in (self._round_error, self._send_error) if error]
+        with self._lock:
+            unstored = list(self._unstored)
+        if unstored:
+            confirmed = sum(r.uuid in self._sent_from_memory for r in unstored)
+            problems.append(f"{len(unstored)} alarm(s) not stored yet "
                             f"({confirmed} of them confirmed by the platform, sent from memory)")
         drill = self.drill.state()
         detail = f"{len(self.buttons)} button(s)" + (", DRILL MODE" if drill["on"] else "")
@@ -289,19 +314,24 @@ class AlarmPanel:
         self._store_alarm(button, record)
 
     def _store_alarm(self, button: Button, record) -> None:
+        """Store the alarm; the sender, woken here, sends it from memory should the write stall."""
         self._unacked.add(record.uuid)
-        self._writing[record.uuid] = (record, time.monotonic())
+        with self._lock:
+            self._writing[record.uuid] = (record, time.monotonic())
+        self._wake_sender.set()
         try:
             self._no_checkpoints_here()
             self.store.put(record)
         except Exception as exc:
             log.critical("ALARM from button %s (%s) NOT STORED (%s): sending %s from memory, "
                          "retrying the store", button.name, button.location, exc, record.uuid)
-            self._unstored.append(record)
+            with self._lock:
+                self._unstored.append(record)
             self._send_from_memory(record)
             return
         finally:
-            self._writing.pop(record.uuid, None)
+            with self._lock:
+                self._writing.pop(record.uuid, None)
         self._sent_from_memory.discard(record.uuid)
         log.warning("ALARM: button %s (%s)%s stored as %s", button.name, button.location,
                     " [drill]" if record.data["drill"] else "", record.uuid)
@@ -336,39 +366,99 @@ class AlarmPanel:
         return record
 
     def _siren_on(self, at: float) -> None:
+        """Switch on and set the deadline under the lock the sender switches off under: a
+        press while the siren goes off must leave it sounding."""
         if self.siren is None or self.alarm.siren_s <= 0:
             return
-        try:
-            self.siren.on()
-        except Exception as exc:   # the record must still be written
-            log.error("siren did not switch on: %s", exc)
-            return
         off_at = at + self.alarm.siren_s
-        if self._siren_off_at is None or off_at > self._siren_off_at:
-            self._siren_off_at = off_at
+        with self._lock:
+            try:
+                self.siren.on()
+            except Exception as exc:   # the record must still be written
+                log.error("siren did not switch on: %s", exc)
+                return
+            if self._siren_off_at is None or off_at > self._siren_off_at:
+                self._siren_off_at = off_at
+        self._wake_sender.set()
 
     def _on_sent(self, uuids: list[str]) -> None:
         """The broker confirmed these records (sync's thread): light the ack lamp for alarms.
-        Set operations are atomic in CPython: no lock shared with the sync."""
+        Set operations are atomic in CPython; the panel's lock is held only for the lamp."""
         confirmed = self._unacked.intersection(uuids)
         if not confirmed:
             return
         self._unacked.difference_update(confirmed)
         log.info("platform confirmed alarm(s) %s", ", ".join(sorted(confirmed)))
         if self.ack_lamp is not None:
-            self.ack_lamp.on()
-            self._ack_off_at = time.monotonic() + self.alarm.ack_lamp_s
+            with self._lock:
+                self.ack_lamp.on()
+                self._ack_off_at = time.monotonic() + self.alarm.ack_lamp_s
+            self._wake_sender.set()
 
     def _on_drill(self, on: bool, source: str = "command", until: float | None = None, **_):
         self.drill.set(on, source, until)
         self._show_drill(time.time())
 
-    # --- timers: siren, ack lamp, tamper, drill, retries ---
+    # --- the sender: what must not wait for the store ---
 
-    def _run(self) -> None:
+    def _send_loop(self, stop: threading.Event) -> None:
+        """Runs until stopped, sleeping until a press wakes it or the next thing is due."""
+        while True:
+            self._wake_sender.clear()   # before looking: a press or stop from now on wakes the wait
+            if stop.is_set():
+                return
+            try:
+                wait_s = self.send_round(time.monotonic())
+                self._send_error = None
+            except Exception as exc:
+                if self._send_error is None:
+                    log.exception("alarm sender round failed")
+                self._send_error = f"sender round failed: {exc}"
+                wait_s = TICK_S
+            self._wake_sender.wait(wait_s)
+
+    def send_round(self, now: float) -> float | None:
+        """Send from memory the alarms refused or held up, switch off the siren and ack lamp
+        when due, as of monotonic time `now`; no store call. Returns the seconds until the
+        next round is due, None when only a press (or a stop) has anything for it."""
+        with self._lock:
+            stalled = [record for record, started in self._writing.values()
+                       if now - started >= WRITE_STALL_S]
+            waiting = stalled + self._unstored
+            due = [started + WRITE_STALL_S for _, started in self._writing.values()
+                   if now - started < WRITE_STALL_S]
+        for record in waiting:
+            self._send_from_memory(record)
+        if any(record.uuid not in self._sent_from_memory for record in waiting):
+            due.append(now + TICK_S)
+        with self._lock:
+            self._switch_off_when_due(now)
+            due += [at for at in (self._siren_off_at, self._ack_off_at) if at is not None]
+        return max(0.0, min(due) - now) if due else None
+
+    def _switch_off_when_due(self, now: float) -> None:
+        """Under self._lock: the siren and the ack lamp off once their time is up."""
+        if self._siren_off_at is not None and now >= self._siren_off_at:
+            self._siren_off_at = None
+            if self.siren:
+                self.siren.off()
+        if self._ack_off_at is not None and now >= self._ack_off_at:
+            self._ack_off_at = None
+            if self.ack_lamp:
+                self.ack_lamp.off()
+
+    def _send_from_memory(self, record) -> None:
+        """Ask the sync to send an alarm the store refused or holds up. Asked again every round
+        until the platform has it: a restarted sync has forgotten what it was handed."""
+        if record.uuid not in self._sent_from_memory:
+            self.bus.publish(topics.ALARM_UNSTORED, record=record)
+
+    # --- the store worker: tamper, drill, retries ---
+
+    def _run(self, stop: threading.Event) -> None:
         """Runs until stopped: a failed round (a tamper record the store refused, say) is
         logged and shown as degraded, never a reason to take the buttons down."""
-        while not self._stop.wait(TICK_S):
+        while not stop.wait(TICK_S):
             try:
                 self.tick(time.monotonic())
                 self._round_error = None
@@ -378,18 +468,8 @@ class AlarmPanel:
                 self._round_error = f"timer round failed: {exc}"
 
     def tick(self, now: float) -> None:
-        """One round of the panel's timers, as of monotonic time `now`."""
-        for record, started in list(self._writing.values()):
-            if now - started >= WRITE_STALL_S:
-                self._send_from_memory(record)
-        if self._siren_off_at is not None and now >= self._siren_off_at:
-            self._siren_off_at = None
-            if self.siren:
-                self.siren.off()
-        if self._ack_off_at is not None and now >= self._ack_off_at:
-            self._ack_off_at = None
-            if self.ack_lamp:
-                self.ack_lamp.off()
+        """One round of the timers that write to the store, as of monotonic time `now`. Any
+        write here may wait seconds on a stalled card: nothing the 2 s depend on is here."""
         for button in self.buttons:
             if button.wiring == "nc":
                 self._check_wire(button, now)
@@ -417,24 +497,21 @@ class AlarmPanel:
         log.error("alarm button %s (%s): wire %s", button.name, button.location, condition)
 
     def _retry_unstored(self) -> None:
-        while self._unstored:
-            record = self._unstored[0]
+        """Store the refused alarms, oldest first; the sender keeps sending them meanwhile."""
+        while True:
+            with self._lock:
+                if not self._unstored:
+                    return
+                record = self._unstored[0]
             try:
                 self.store.put(record)
             except Exception as exc:
                 log.error("alarm %s still not stored: %s", record.uuid, exc)
-                for waiting in self._unstored:
-                    self._send_from_memory(waiting)
                 return
-            self._unstored.pop(0)
+            with self._lock:
+                self._unstored = [r for r in self._unstored if r.uuid != record.uuid]
             self._sent_from_memory.discard(record.uuid)
             log.warning("alarm %s stored late", record.uuid)
-
-    def _send_from_memory(self, record) -> None:
-        """Ask the sync to send an alarm the store refused or holds up. Asked again every timer
-        round until the platform has it: a restarted sync has forgotten what it was handed."""
-        if record.uuid not in self._sent_from_memory:
-            self.bus.publish(topics.ALARM_UNSTORED, record=record)
 
     def _on_sent_from_memory(self, uuid: str) -> None:
         """The broker confirmed an alarm sent from memory (sync's thread)."""

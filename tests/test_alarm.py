@@ -15,7 +15,7 @@ from agent.config import load
 from agent.gate import Gate
 from agent.store import Store
 from conftest import run_cli
-from gpio_rig import GPIO_ONLY, ClosedContactPin, make_gate, release, subsystem, wait_for
+from gpio_rig import GPIO_ONLY, ClosedContactPin, Recorder, make_gate, release, subsystem, wait_for
 from hil.broker import Mosquitto, Subscriber
 
 ALARM = """
@@ -208,6 +208,65 @@ def test_alarm_not_stored_is_kept_retried_and_the_siren_still_sounds(gate, facto
 
 
 @contextlib.contextmanager
+def card_stalled(store):
+    """Another connection holds the write lock, as a stalled SD card holds a commit: every
+    write waits for SQLite's busy timeout until the block ends."""
+    blocker = sqlite3.connect(store.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
+def test_a_press_is_sent_from_memory_while_a_retried_write_is_stuck(gate, factory, monkeypatch):
+    """The retry of a refused alarm hangs on the stalled card; the next press must still be
+    handed to the sync at once, not after the retry's busy timeout."""
+    real_put, refusals, retrying = gate.store.put, {"left": 1}, threading.Event()
+
+    def put(record):
+        if record.kind == "alarm" and refusals["left"]:
+            refusals["left"] -= 1
+            raise OSError("disk I/O error (simulated)")
+        retrying.set()
+        return real_put(record)
+    monkeypatch.setattr(gate.store, "put", put)
+    handed = Recorder(gate.bus, topics.ALARM_UNSTORED)
+    with card_stalled(gate.store):
+        press(factory)                                     # refused: kept in memory, retried
+        assert retrying.wait(5), "the refused alarm was not retried"
+        threading.Thread(target=factory.pin(NC_PIN).drive_high, daemon=True).start()
+        second = wait_for(lambda: [e["record"] for e in handed.events
+                                   if e["record"].data["button"] == "b2"], 5,
+                          "the second alarm handed to the sync while the retry is stuck")[0]
+        assert not alarms(gate)
+    stored = wait_for(lambda: len(alarms(gate)) == 2 and alarms(gate), 10,
+                      "both alarms stored once the card is back")
+    assert {a.data["button"]: a.uuid for a in stored}["b2"] == second.uuid
+    wait_for(lambda: subsystem(gate, "alarm").health()["state"] == "ok")
+
+
+def test_a_press_while_the_siren_goes_off_leaves_it_sounding(gate, factory, monkeypatch):
+    panel = subsystem(gate, "alarm")
+    press(factory)
+    wait_for(lambda: alarms(gate), what="the first alarm")
+    real_off, pressing = panel.siren.off, []
+
+    def off():  # a second button pressed just as the siren's time runs out
+        if not pressing:
+            pressing.append(threading.Thread(target=factory.pin(NC_PIN).drive_high, daemon=True))
+            pressing[0].start()
+            pressing[0].join(0.5)
+        real_off()
+    monkeypatch.setattr(panel.siren, "off", off)
+    panel.send_round(time.monotonic() + gate.config.alarm.siren_s + 1)
+    pressing[0].join(5)
+    wait_for(lambda: len(alarms(gate)) == 2, what="the second alarm")
+    assert pin_on(factory, SIREN), "the siren went off after a press"
+
+
+@contextlib.contextmanager
 def gate_with_platform(config_file, factory):
     """A gate with the GPIO and sync areas, started, against a real broker; (gate, subscriber)."""
     with Mosquitto() as broker, Subscriber(broker.port, "gate/#") as platform:
@@ -290,7 +349,7 @@ def test_ack_lamp_lights_when_the_platform_confirms_the_alarm(gate, factory):
     gate.store.mark_sent([alarm.uuid])
     assert pin_on(factory, ACK)
     panel = subsystem(gate, "alarm")
-    panel.tick(time.monotonic() + gate.config.alarm.ack_lamp_s + 1)
+    panel.send_round(time.monotonic() + gate.config.alarm.ack_lamp_s + 1)
     assert not pin_on(factory, ACK)
 
 
