@@ -23,6 +23,10 @@ LISTS_UPDATED = "lists.updated"      # version
 ALARM_UNSTORED = "alarm.unstored"    # record: an alarm the store refused or holds up, for the sync to send from memory
 ALARM_SENT_FROM_MEMORY = "alarm.sent_from_memory"   # uuid: the broker confirmed one of those
 
+GUARD_ATTENTION_EVERY_S = 10.0
+"""While the store refuses a lane's reads (cards, plates), its guard is asked again at most this
+often: a card left on the reader, or a vehicle at the barrier, is read again and again."""
+
 
 class Bus:
     def __init__(self):

@@ -27,9 +27,6 @@ log = logging.getLogger("gate.readers")
 WLT_LIBRARIES = ("wlt2bmp", "wltrs", "WltRS", "dewlt", "wlt")
 WLT_PATHS = ("/usr/lib/libwlt2bmp.so", "/usr/local/lib/libwlt2bmp.so", "/opt/wlt/libwlt2bmp.so")
 BMP_BYTES = 38862
-ATTENTION_EVERY_S = 10.0
-"""While the store refuses reads, the guard is asked again at most this often (a card left on
-the reader is read again every poll)."""
 """102 x 126 pixels, 24-bit rows padded to 308 bytes, plus the 54-byte BMP header."""
 
 
@@ -125,7 +122,7 @@ class _ReaderSubsystem:
         self.name = f"reader.{cfg.name}"
         self.not_stored = 0
         self._store_problem = ""
-        self._asked_at = -ATTENTION_EVERY_S
+        self._asked_at = -topics.GUARD_ATTENTION_EVERY_S
 
     def start(self) -> None:
         self.poller.start()
@@ -143,7 +140,7 @@ class _ReaderSubsystem:
 
     def _store_read(self, kind: str, data: dict):
         """The read stored: the decision follows from the store. When the store refuses it the
-        guard is asked to check by hand (at most every ATTENTION_EVERY_S while it goes on) and
+        guard is asked to check by hand (at most every topics.GUARD_ATTENTION_EVERY_S while it goes on) and
         the error goes back to the poller, which reads a card still on the reader again."""
         try:
             record = self.gate.record(kind, data)
@@ -151,11 +148,11 @@ class _ReaderSubsystem:
             self.not_stored += 1
             self._store_problem = str(exc)
             now = time.monotonic()
-            if now - self._asked_at >= ATTENTION_EVERY_S:
+            if now - self._asked_at >= topics.GUARD_ATTENTION_EVERY_S:
                 self._asked_at = now
                 self._ask_guard(kind, exc)
             raise
-        self._store_problem, self._asked_at = "", -ATTENTION_EVERY_S
+        self._store_problem, self._asked_at = "", -topics.GUARD_ATTENTION_EVERY_S
         return record
 
     def _ask_guard(self, kind: str, exc: Exception) -> None:

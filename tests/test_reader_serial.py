@@ -449,3 +449,18 @@ def test_unknown_card_type_is_a_fault_not_a_crash(sim, poller_for):
     sim.place(card)
     wait_for(lambda: "unreadable_card" in got.conditions())
     assert poller.health()["state"] == "ok" and got.cards == []
+
+
+def test_each_module_constant_docstring_follows_its_constant():
+    """A string statement that follows another (not an assignment) documents nothing: the
+    constant it was written for has lost its docstring."""
+    import ast
+    from pathlib import Path
+    body = ast.parse(Path(readers.__file__).read_text()).body
+    for before, statement in zip(body, body[1:]):
+        if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant):
+            assert isinstance(before, ast.Assign), \
+                f"drivers/readers.py:{statement.lineno}: a docstring after no constant"
+    documented = {before.targets[0].id: statement.value.value for before, statement in zip(body, body[1:])
+                  if isinstance(before, ast.Assign) and isinstance(statement, ast.Expr)}
+    assert "BMP header" in documented["BMP_BYTES"]

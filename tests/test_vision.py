@@ -124,3 +124,33 @@ def test_a_read_the_store_refuses_waits_and_is_stored_later_with_its_images(tmp_
     images = store.db.execute("SELECT role FROM images WHERE record_uuid = ?", [first.uuid]).fetchall()
     assert sorted(role for (role,) in images) == ["plate", "scene"]
     assert vision.events_stored == 2
+
+
+def test_the_guard_is_asked_once_per_lane_while_the_store_refuses_reads(tmp_path, store):
+    """A vehicle waiting at the barrier is read again and again: the guard is asked once, not
+    at every read, and at once again when the store, back, refuses anew."""
+    from agent.bus import GUARD_ATTENTION, Bus
+    from agent.store import DiskFull
+    bus, asked = Bus(), []
+    bus.subscribe(GUARD_ATTENTION, lambda **event: asked.append(event["lane"]))
+    vision = VisionProcess(_settings(tmp_path / "cam"), store, bus)
+    real_add, refusing = store.add, {"on": True}
+
+    def add(kind, data, at=None):
+        if refusing["on"]:
+            raise DiskFull("cannot write record: No space left on device")
+        return real_add(kind, data, at)
+    store.add = add
+    data = {"lane": "in1", "plate_no": "辽A12345", "plate_color": 5, "plate_class": "02",
+            "pass_time": "", "motor_vehicle": {}, "confidence": 0.9}
+    for _ in range(5):
+        vision._store_event(data, b"", b"")
+    assert asked == ["in1"]
+    vision._store_event(dict(data, lane="out1"), b"", b"")
+    assert asked == ["in1", "out1"], "each lane's guard is asked"
+    refusing["on"] = False
+    vision._store_pending()
+    assert len(store.records("plate_read")) == 6
+    refusing["on"] = True
+    vision._store_event(data, b"", b"")
+    assert asked == ["in1", "out1", "in1"], "stored again in between: a new refusal asks at once"
