@@ -110,6 +110,28 @@ def _as_store_error(exc: sqlite3.Error, path: Path, doing: str) -> StoreError:
     return kind(f"cannot {doing} database {path}: {exc}")
 
 
+NUMBER = (int, float)
+NONE = type(None)
+
+
+def _not_storable(**columns: tuple) -> str:
+    """What is wrong with a salvaged row, by column: a value missing (NULL) where the table
+    requires one, or of a type the store never writes there ("" when all fit)."""
+    for name, (value, types) in columns.items():
+        if isinstance(value, types) and not isinstance(value, bool):
+            continue
+        if value is None:
+            return f"its {name} is missing (NULL), which the store requires"
+        return f"its {name} is a {type(value).__name__}, not what the store holds there"
+    return ""
+
+
+def _unstorable_image(image: tuple) -> str:
+    sha256, role, size, created, record_uuid = image
+    return _not_storable(sha256=(sha256, str), role=(role, str), size=(size, int), created=(created, NUMBER),
+                         record_uuid=(record_uuid, (str, NONE)))
+
+
 class Store:
     def __init__(self, data_dir: str | os.PathLike, *, device_id: str, site: str,
                  tz: str = "Asia/Shanghai", sealer: Sealer | None = None,
@@ -143,12 +165,27 @@ class Store:
         damage = damage_before_opening(self.path)
         if damage:
             raise DamagedStore(f"cannot open database {self.path}: {damage}")
+        if not self.path.exists():
+            self._drop_stale_mark()
         try:
             self._migrate()
         except StoreError:
             self.close()
             raise
         self._keep_reserve()
+
+    def _drop_stale_mark(self) -> None:
+        """A DAMAGE_MARK with no gate.db beside it (the file deleted by hand) names damage gone
+        with that file: left there, it would have the new store set aside at the next start."""
+        mark = self.dir / DAMAGE_MARK
+        if not mark.exists():
+            return
+        log.warning("%s is there but %s is not: the damage it names went with that file; removing it",
+                    mark, self.path)
+        try:
+            mark.unlink()
+        except OSError as exc:
+            log.error("cannot remove %s: %s", mark, exc.strerror)
 
     # --- connections -----------------------------------------------------------
 
@@ -384,21 +421,23 @@ class Store:
 
     # --- records from a damaged store --------------------------------------------
 
-    def requeue(self, salvage, chunk: int = 500) -> dict:
+    def requeue(self, salvage, chunk: int = 500, now: float | None = None) -> dict:
         """Put the unsent records and images read from a damaged store (agent.salvage) into
         this outbox, with their own UUIDs (one already here stays as it is), a few hundred
         per transaction so an alarm never waits long behind them. A record this agent could
         not send (an unknown kind, a body that is not JSON, personal fields sealed under
-        another data key) is left out and listed under `refused`."""
-        report = {"queued": {}, "already_here": 0, "refused": [], "images_queued": 0,
-                  "images_missing": 0}
-        rows = []
-        for row in salvage.records:
-            problem = self._unsendable(row)
-            if problem:
-                report["refused"].append((row[0], problem))
-            else:
-                rows.append(row)
+        another data key, a column the store requires missing or of the wrong type) is left
+        out and listed under `refused`; an image row like that is counted under
+        `images_refused`.
+
+        Read page by page (salvage.scanned), the rows come from freed pages too: a record
+        older than its kind's retention (storage.retention) is one purge had removed, once
+        the platform confirmed it, and is counted under `too_old`, not queued. Rows SQLite
+        read through its tables are live, so never too old: retention never removes an
+        unsent record."""
+        report = {"queued": {}, "already_here": 0, "refused": [], "too_old": 0, "images_queued": 0,
+                  "images_missing": 0, "images_refused": 0}
+        rows = self._requeueable(salvage, report, time.time() if now is None else now)
         sql = ("INSERT INTO records (uuid, kind, priority, created, time, schema, body, sealed) "
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(uuid) DO NOTHING")
         for start in range(0, len(rows), chunk):
@@ -410,16 +449,36 @@ class Store:
                     report["queued"][kind] = report["queued"].get(kind, 0) + 1
                 else:
                     report["already_here"] += 1
-        images = [image for image in salvage.images if self.image_path(image[0]).is_file()]
-        report["images_missing"] = len(salvage.images) - len(images)
+        images = [image for image in salvage.images if not _unstorable_image(image)]
+        report["images_refused"] = len(salvage.images) - len(images)
+        present = [image for image in images if self.image_path(image[0]).is_file()]
+        report["images_missing"] = len(images) - len(present)
         sql = ("INSERT INTO images (sha256, role, size, created, record_uuid) VALUES (?, ?, ?, ?, ?) "
                "ON CONFLICT(sha256) DO NOTHING")
-        for start in range(0, len(images), chunk):
-            report["images_queued"] += sum(self._insert_many(sql, images[start:start + chunk]))
+        for start in range(0, len(present), chunk):
+            report["images_queued"] += sum(self._insert_many(sql, present[start:start + chunk]))
         self.mark_requeued(Path(salvage.path).name, {
             "queued": sum(report["queued"].values()), "refused": len(report["refused"]),
+            "too_old": report["too_old"],
             "unreadable_rows": sum(b - a + 1 for a, b in salvage.unreadable)})
         return report
+
+    def _requeueable(self, salvage, report: dict, now: float) -> list[tuple]:
+        """The salvaged records to queue; the others go into the report (refused, too_old)."""
+        rows = []
+        for row in salvage.records:
+            problem = self._unsendable(row)
+            if problem:
+                report["refused"].append((row[0], problem))
+            elif salvage.scanned and self._past_retention(row[1], row[3], now):
+                report["too_old"] += 1
+            else:
+                rows.append(row)
+        return rows
+
+    def _past_retention(self, kind: str, created: float, now: float) -> bool:
+        days = self.retention.get(kind)
+        return days is not None and created < now - days * 86400
 
     def requeued(self) -> dict:
         """{file name: what requeue did with it} for the damaged stores already requeued."""
@@ -431,12 +490,16 @@ class Store:
         self.state_set(REQUEUED_KEY, done)
 
     def _unsendable(self, row: tuple) -> str:
-        uuid, kind, _priority, _created, _time, _schema, body, sealed = row
+        uuid, kind, _priority, created, rtime, schema, body, sealed = row
         if kind not in KINDS:
             return f"unknown kind {kind!r}"
+        missing = _not_storable(uuid=(uuid, str), created=(created, NUMBER), time=(rtime, str),
+                                schema=(schema, int), body=(body, str), sealed=(sealed, (bytes, NONE)))
+        if missing:
+            return missing
         try:
             json.loads(body)
-        except (TypeError, ValueError):
+        except ValueError:
             return "its body is not JSON"
         if sealed is not None:
             if self.sealer is None:
@@ -448,20 +511,29 @@ class Store:
         return ""
 
     def _insert_many(self, sql: str, rows: list[tuple]) -> list[bool]:
-        """One transaction; for each row, whether it was new."""
+        """One transaction; for each row, whether it was new. Whatever goes wrong inside it
+        (a full disk, a row SQLite refuses), it is rolled back: one left open would hold the
+        store's write lock, and every later write, alarms too, would wait and fail."""
         conn = self.db.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             added = [conn.execute(sql, row).rowcount == 1 for row in rows]
             conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if "full" in str(exc) or "disk I/O" in str(exc):
+        except BaseException as exc:
+            self._roll_back(conn)
+            if isinstance(exc, sqlite3.OperationalError) and ("full" in str(exc) or "disk I/O" in str(exc)):
                 self.disk_full = True
                 raise DiskFull(f"disk full writing to {self.path}: {exc}") from None
             raise
         return added
+
+    def _roll_back(self, conn: sqlite3.Connection) -> None:
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.error("cannot roll back a write to %s: %s", self.path, exc)
 
     # --- small persistent state ----------------------------------------------------
 

@@ -834,17 +834,24 @@ class SyncEngine:
             lists.close()
 
     def status(self) -> dict:
+        """What the retained status message says. Never raises for the store: a store that
+        cannot be read (damaged, its folder gone) is what the message then reports, and the
+        pump that sends it goes on."""
+        status = {"online": True, "time": time.time(), "agent_version": __version__}
         try:
-            config = self.store.state_get("remote_config", {})
-            lists = self.store.state_get("downlink.lists", {})
-            depth = self.store.depth()
+            status.update(self._store_status())
         except Exception as exc:   # a damaged store: say that much, directly
-            return {"online": True, "time": time.time(), "agent_version": __version__,
-                    "store_damaged": self.store.damage_found or None, "store_unreadable": str(exc)}
-        return {"online": True, "time": time.time(), "agent_version": __version__,
-                "config_version": config.get("version"),
-                "config_running": getattr(self.config, "remote_version", None),
-                "config_waits_for_restart": config.get("version") != getattr(self.config, "remote_version", None),
+            status.update(store_damaged=self.store.damage_found or None, store_unreadable=str(exc))
+        return status
+
+    def _store_status(self) -> dict:
+        config = self.store.state_get("remote_config", {})
+        lists = self.store.state_get("downlink.lists", {})
+        depth = self.store.depth()
+        running = getattr(self.config, "remote_version", None)
+        return {"config_version": config.get("version"),
+                "config_running": running,
+                "config_waits_for_restart": config.get("version") != running,
                 "lists_version": lists.get("version"),
                 "lists_refused": lists.get("refused"),
                 "config_refused": self.store.state_get("downlink.config", {}).get("refused"),

@@ -748,32 +748,20 @@ DATABASES = ("gate.db", "lists.db", "lists-state.db")
 def _check_databases(data_dir: Path) -> list[Result]:
     """Each database there, read through (PRAGMA quick_check) without writing, and those set aside.
 
-    Damage quick_check finds in gate.db is marked (gate.db.damage-found, as the agent itself
-    does): damage past page 1 is otherwise not seen when the agent starts."""
+    Damage found in gate.db is marked (gate.db.damage-found, as the agent itself does): damage
+    past page 1 is otherwise not seen when the agent starts. Only damage: a store SQLite cannot
+    read for another reason (locked, not readable by this user) is sound, and is not set aside."""
     from agent.sqlite_threads import damaged_files
     from agent.store import DAMAGE_MARK
     mark = data_dir / DAMAGE_MARK
-    restart = "restart the agent: it sets gate.db aside and requeues what it can read (docs/records.md)"
     out = []
     for name in DATABASES:
         path = data_dir / name
-        if not path.exists():
-            continue
-        problem = _quick_check(path)
-        if not problem:
-            out.append(Result("disk", f"database {name}", PASS, "readable (quick_check ok)"))
-        elif name == "gate.db":
-            if not mark.exists():
-                found_at = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-                mark.write_text(f"{found_at} selftest: {problem}\n")
-            out.append(Result("disk", f"database {name}", FAIL, problem, restart))
-        else:
-            out.append(Result("disk", f"database {name}", FAIL, problem,
-                              "the agent sets it aside at its next start when SQLite cannot open it; "
-                              "else stop the agent, move it aside, and let the platform send its lists again"))
-    if mark.exists() and not any(r.part == "database gate.db" and r.status == FAIL for r in out):
+        if path.exists():
+            out.append(_database_result(path, mark))
+    if mark.exists() and not any(r.part == "database gate.db" and r.fix == RESTART for r in out):
         out.append(Result("disk", "database gate.db", FAIL,
-                          f"damage found while the agent ran: {mark.read_text(errors='replace').strip()}", restart))
+                          f"damage found while the agent ran: {mark.read_text(errors='replace').strip()}", RESTART))
     for path in damaged_files(data_dir):
         fix = ("the agent requeued its unsent records when it started (gate-agent status says how many); "
                "delete it once the outbox has drained" if path.name.startswith("gate.db.")
@@ -782,18 +770,62 @@ def _check_databases(data_dir: Path) -> list[Result]:
     return out
 
 
-def _quick_check(path: Path) -> str:
-    """'' when SQLite reads the whole file without complaint, else what it says. Read-only:
-    beside a running agent, and a read-only connection leaves a -wal file as it is."""
+RESTART = "restart the agent: it sets gate.db aside and requeues what it can read (docs/records.md)"
+QUICK_CHECK_WAIT_S = 10.0
+"""How long quick_check waits for a lock the agent holds (its transactions are short)."""
+
+
+def _database_result(path: Path, mark: Path) -> Result:
+    part = f"database {path.name}"
+    problem, damaged = _quick_check(path)
+    if not problem:
+        return Result("disk", part, PASS, "readable (quick_check ok)")
+    if not damaged:
+        return Result("disk", part, FAIL, f"SQLite cannot read it through, but not for damage "
+                      f"(nothing for the agent to set aside): {problem}", _unreadable_fix(path, problem))
+    if path.name == "gate.db":
+        return Result("disk", part, FAIL, problem + _leave_mark(mark, problem), RESTART)
+    return Result("disk", part, FAIL, problem,
+                  "the agent sets it aside at its next start when SQLite cannot open it; "
+                  "else stop the agent, move it aside, and let the platform send its lists again")
+
+
+def _leave_mark(mark: Path, problem: str) -> str:
+    """Mark the damage for the agent's next start; '' or why the mark could not be left."""
+    if mark.exists():
+        return ""
+    found_at = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        mark.write_text(f"{found_at} selftest: {problem}\n")
+    except OSError as exc:
+        return f" (and {mark} cannot be written: {exc.strerror}; run the self test as root)"
+    return ""
+
+
+def _unreadable_fix(path: Path, problem: str) -> str:
+    if "locked" in problem or "busy" in problem:
+        return (f"another program held it locked for over {QUICK_CHECK_WAIT_S:.0f} s: run the self test "
+                f"again; if it stays locked, find what holds it (sudo fuser -v {path}): the agent's own "
+                "writes wait for it too")
+    return (f"check that {path} and its folder belong to the gate-agent user and can be read "
+            "(ls -l; sudo chown -R gate-agent: on storage.data_dir), and run the self test as root")
+
+
+def _quick_check(path: Path) -> tuple[str, bool]:
+    """('', False) when SQLite reads the whole file without complaint; else what it says, and
+    whether that is damage: quick_check's own findings, or an error SQLite gives only for a file
+    that is not (or no longer) a database. Read-only: beside a running agent, and a read-only
+    connection leaves a -wal file as it is."""
+    from agent.sqlite_threads import is_damage
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=QUICK_CHECK_WAIT_S)
         try:
             rows = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        return str(exc)
-    return "" if rows == ["ok"] else "; ".join(rows)
+        return str(exc), is_damage(exc)
+    return ("", False) if rows == ["ok"] else ("; ".join(rows), True)
 
 
 def check_clock(config, opts: Options) -> list[Result]:

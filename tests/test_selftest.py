@@ -407,6 +407,41 @@ def test_disk_marks_damage_past_page_one_for_the_agent_to_set_aside(config):
     assert again.status == st.FAIL and (data / "gate.db").read_bytes() == raw
 
 
+@pytest.fixture
+def held_store(config):
+    """gate.db, held locked by another program (an exclusive write transaction) while the test runs."""
+    import sqlite3
+    from agent.store import Store
+    data = config.parent.parent.parent / "var/lib/gate-agent"
+    Store(data, device_id=DEVICE_ID, site="s1", reserve_mb=1).close()
+    holder = sqlite3.connect(data / "gate.db", isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("INSERT INTO state VALUES ('held', '1', 0)")
+    yield data
+    holder.execute("ROLLBACK")
+    holder.close()
+
+
+def test_disk_names_a_locked_store_and_leaves_no_damage_mark(config, held_store, monkeypatch):
+    """Only damage may mark the store: the mark has a sound store set aside at the next start."""
+    from agent.store import DAMAGE_MARK
+    monkeypatch.setattr(st, "QUICK_CHECK_WAIT_S", 0.0)     # the lock is held throughout anyway
+    result = by_part(st.run_all(config, only={"disk"}), "database gate.db")
+    assert not (held_store / DAMAGE_MARK).exists()
+    assert result.status == st.FAIL and "database is locked" in result.reason and "not for damage" in result.reason
+    assert "held it locked" in result.fix and "fuser" in result.fix
+
+
+def test_disk_names_a_store_it_cannot_open_and_leaves_no_damage_mark(config):
+    from agent.store import DAMAGE_MARK
+    data = config.parent.parent.parent / "var/lib/gate-agent"
+    (data / "gate.db").mkdir()                              # not a file SQLite can open
+    result = by_part(st.run_all(config, only={"disk"}), "database gate.db")
+    assert not (data / DAMAGE_MARK).exists()
+    assert result.status == st.FAIL and "not for damage" in result.reason and "gate-agent user" in result.fix
+
+
 def test_keys_check_reports_missing_command_key_and_bad_mode(config):
     results = st.run_all(config, only={"keys"})
     assert by_part(results, "data key").status == st.PASS

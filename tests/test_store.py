@@ -382,3 +382,132 @@ def test_damage_met_while_running_sets_the_store_aside_at_the_next_start(tmp_pat
         assert "unsent record(s) back in the outbox" in render(collect(config))
     finally:
         store.close()
+
+
+# --- requeue: rows salvaged from a damaged store --------------------------------------
+
+def _salvaged(tmp_path, *records) -> "Salvage":
+    """The unsent rows of a store holding `records` ((kind, data, at) each), closed and read
+    back as agent.salvage reads a store set aside."""
+    from agent.salvage import read_unsent
+    old = Store(tmp_path / "old", device_id="21010200001320000001", site="test", reserve_mb=1)
+    made = [old.add(kind, data, at=at) for kind, data, at in records]
+    old.close()
+    salvage = read_unsent(old.path)
+    assert [row[0] for row in salvage.records] == [r.uuid for r in made]
+    return salvage
+
+
+def _with_column(salvage, index: int, column: int, value):
+    row = list(salvage.records[index])
+    row[column] = value
+    salvage.records[index] = tuple(row)
+    return row[0]
+
+
+def test_a_salvaged_row_the_store_would_refuse_is_left_out_and_the_rest_queued(store, tmp_path):
+    """A row read page by page may lack a value the table requires; inserted, it failed its
+    whole batch and left the store write-locked: every later write, alarms too, failed."""
+    salvage = _salvaged(tmp_path, *[("badge_read", BADGE, None)] * 4)
+    no_created = _with_column(salvage, 1, 3, None)
+    no_time = _with_column(salvage, 2, 4, None)
+    report = store.requeue(salvage)
+    assert report["queued"] == {"badge_read": 2}
+    assert dict(report["refused"]) == {no_created: "its created is missing (NULL), which the store requires",
+                                       no_time: "its time is missing (NULL), which the store requires"}
+    assert not store.db.conn.in_transaction
+    other = sqlite3.connect(store.path, timeout=0)        # would fail at once if still locked
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    alarm = store.add("alarm", ALARM)
+    assert store.pending(1)[0].uuid == alarm.uuid
+
+
+@pytest.mark.parametrize("column, value", [(3, "yesterday"), (5, None), (5, 1.5), (6, b"{}"), (0, None)])
+def test_a_salvaged_value_of_the_wrong_type_is_refused_by_name(store, tmp_path, column, value):
+    salvage = _salvaged(tmp_path, ("badge_read", BADGE, None), ("badge_read", BADGE, None))
+    _with_column(salvage, 0, column, value)
+    report = store.requeue(salvage)
+    [(_uuid, why)] = report["refused"]
+    assert why.startswith(f"its {('uuid', 'kind', 'priority', 'created', 'time', 'schema', 'body')[column]} ")
+    assert report["queued"] == {"badge_read": 1}
+
+
+def test_a_salvaged_image_row_the_store_would_refuse_is_counted(store, tmp_path):
+    from agent.salvage import Salvage
+    good = store.add_image(b"\xff\xd8 a scene \xff\xd9", "scene")
+    store.db.execute("DELETE FROM images")                            # its file is still there
+    salvage = Salvage(tmp_path / "old.db", images=[(good, "scene", 12, time.time(), None),
+                                                   (None, "scene", 12, time.time(), None),
+                                                   (good[::-1], None, 12, time.time(), None)])
+    report = store.requeue(salvage)
+    assert (report["images_queued"], report["images_refused"], report["images_missing"]) == (1, 2, 0)
+
+
+@pytest.mark.parametrize("bad_row", [
+    ("1", "badge_read", 2, None, "t", 1, "{}", None),                 # NOT NULL
+    ("2", "badge_read", 2, 1.0, "t", 1, {"not": "bindable"}, None),    # no SQLite type
+])
+def test_a_write_that_fails_inside_its_transaction_is_rolled_back(store, bad_row):
+    sql = ("INSERT INTO records (uuid, kind, priority, created, time, schema, body, sealed) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+    good = ("0", "badge_read", 2, 1.0, "t", 1, "{}", None)
+    with pytest.raises((sqlite3.Error, ValueError, TypeError)):
+        store._insert_many(sql, [good, bad_row])
+    assert not store.db.conn.in_transaction
+    assert store.db.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 0    # all or nothing
+    store.add("alarm", ALARM)
+    assert store.depth()["by_kind"] == {"alarm": 1}
+
+
+def test_rows_read_page_by_page_older_than_their_retention_are_not_requeued(tmp_path):
+    """Read page by page, a damaged store gives the rows on its freed pages too: records purged
+    by retention once the platform had them. Rows SQLite reads are live: none is too old."""
+    from agent.salvage import read_unsent
+    now = time.time()
+    long_ago = now - 100 * 86400
+    salvage = _salvaged(tmp_path, ("badge_read", BADGE, long_ago), ("alarm", ALARM, long_ago),
+                        ("badge_read", BADGE, now - 80 * 86400), ("badge_read", BADGE, None))
+    retention = {"badge_read": 90, "alarm": 180}
+    through_sqlite = Store(tmp_path / "a", device_id="21010200001320000001", site="test", reserve_mb=1,
+                           retention=retention)
+    try:
+        report = through_sqlite.requeue(salvage)
+        assert report["too_old"] == 0 and report["queued"] == {"alarm": 1, "badge_read": 3}
+    finally:
+        through_sqlite.close()
+
+    data = bytearray(salvage.path.read_bytes())
+    data[:4096] = os.urandom(4096)
+    salvage.path.write_bytes(data)
+    scanned = read_unsent(salvage.path)
+    assert scanned.scanned and len(scanned.records) == 4
+    page_by_page = Store(tmp_path / "b", device_id="21010200001320000001", site="test", reserve_mb=1,
+                         retention=retention)
+    try:
+        report = page_by_page.requeue(scanned, now=now)
+        assert report["too_old"] == 1 and report["queued"] == {"alarm": 1, "badge_read": 2}
+        assert page_by_page.requeued()[scanned.path.name]["too_old"] == 1
+        assert {r.uuid for r in page_by_page.pending(10)} == {row[0] for row in scanned.records[1:]}
+    finally:
+        page_by_page.close()
+
+
+def test_a_damage_mark_without_its_store_is_removed_not_acted_on(tmp_path, caplog):
+    """The installer deleted a damaged gate.db by hand: the mark it left names that file only."""
+    from agent.store import DAMAGE_MARK
+    config = _config(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / DAMAGE_MARK).write_text("2026-11-25T10:00:00Z database disk image is malformed\n")
+    for _ in range(2):                                            # the next start too
+        store = open_store(config, set_aside_damaged=True)
+        try:
+            assert store.pending(10) == []                        # no damaged_set_aside fault
+        finally:
+            store.close()
+        assert damaged_files(data) == [] and not (data / DAMAGE_MARK).exists()
+    assert f"{data / DAMAGE_MARK} is there but {data / 'gate.db'} is not" in caplog.text

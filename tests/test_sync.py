@@ -139,6 +139,36 @@ def test_a_record_that_cannot_be_read_back_is_kept_and_the_rest_go(setup):
             sync.stop()
 
 
+def test_a_store_that_fails_the_status_message_does_not_stop_the_pump(setup):
+    """Damage on two overflow pages: one under a record's body (the outbox read fails, so the pump
+    sends a status message) and one under a state value the status reads. That second error
+    once killed the pump: no alarm went after it."""
+    from damage import garble_page_holding
+    with Mosquitto() as broker, Subscriber(broker.port, "gate/#") as sub:
+        cfg, store = setup(broker.port, mqtt_extra="inflight = 1\n")   # the outbox read one at a time
+        store.add("fault", dict(EXAMPLES["fault"], detail="a" * 5000 + "BODY-HERE" + "b" * 7000))
+        store.state_set("downlink.config", {"refused": "c" * 5000 + "STATE-HERE" + "d" * 7000})
+        store.close()
+        for marker in ("BODY-HERE", "STATE-HERE"):
+            garble_page_holding(store.path, marker)
+        store = open_store(cfg, Sealer(load_key(cfg.privacy.key_file)))
+        engine = fast_engine(cfg, store, downlink=False)
+        engine.start()
+        try:
+            def status_says_unreadable(messages):
+                return any(t.endswith("/status") and "store_unreadable" in json.loads(p) for t, p, _ in messages)
+            assert sub.wait_for(status_says_unreadable), "the pump never told the platform"
+            alarm = store.add("alarm", EXAMPLES["alarm"])
+            assert sub.wait_for(lambda m: any(r["uuid"] == alarm.uuid for r in sub.records())), \
+                "the pump stopped"
+            assert engine.alive
+            status = json.loads([p for t, p, _ in sub.messages if t.endswith("/status")][-1])
+            assert "malformed" in status["store_unreadable"] and "malformed" in status["store_damaged"]
+        finally:
+            engine.stop()
+            store.close()
+
+
 def test_outage_then_alarms_first_and_nothing_lost(setup, caplog):
     caplog.set_level(logging.WARNING, "gate.sync")
     broker = Mosquitto(persistent=True)
