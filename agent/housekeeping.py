@@ -10,6 +10,9 @@ holds the records the platform had not confirmed. Once per such file, after the
 first health record, housekeeping reads what SQLite can of it (agent/salvage.py)
 and requeues it, as `gate-agent sync requeue` does, and a `fault` (store,
 requeued) says what came back and what did not. The file itself is kept.
+A file that cannot be read just now (locked by `gate-agent sync requeue`, say)
+is tried again at each purge; one whose reading was begun REQUEUE_MAX_ATTEMPTS
+times and never finished is left for the platform's operators.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import logging
 import threading
 import time
 
-from agent.salvage import SalvageError, describe_read, describe_requeue, read_unsent
+from agent.salvage import SalvageError, SalvageRetry, describe_read, describe_requeue, read_unsent
 from agent.sqlite_threads import damaged_files
 from agent.store import DiskFull, StoreError
 from agent.supervisor import DEGRADED, FAULT, OK, STARTING, STOPPED
@@ -25,6 +28,11 @@ from agent.supervisor import DEGRADED, FAULT, OK, STARTING, STOPPED
 log = logging.getLogger("gate.housekeeping")
 
 PURGE_INTERVAL_S = 600.0
+REQUEUE_ATTEMPTS_KEY = "requeue_attempts"
+REQUEUE_MAX_ATTEMPTS = 3
+"""Readings of one set-aside file begun and never finished (the agent stopped while reading
+it: killed, a power cut, the card failing under it) before the file is left alone, rather
+than read, and the agent stopped, at every start."""
 
 
 def health_data(store) -> dict:
@@ -58,6 +66,7 @@ class Housekeeping:
         self._state = {"state": STARTING, "detail": ""}
         self.set_aside_looked_at = threading.Event()
         """Set once the damaged stores set aside have been requeued (or found done before)."""
+        self._requeue_waits = False
 
     def start(self) -> None:
         self._stop.clear()
@@ -89,6 +98,8 @@ class Housekeeping:
         while True:
             if time.monotonic() >= next_purge:
                 self.purge()
+                if self._requeue_waits:
+                    self.requeue_set_aside()
                 next_purge = time.monotonic() + self.purge_interval_s
             if self._stop.wait(self.interval()):
                 return
@@ -97,6 +108,7 @@ class Housekeeping:
     def requeue_set_aside(self) -> None:
         """Once per file: what each gate.db set aside as damaged still holds unsent goes back
         into the outbox, so a damaged card costs only the rows on its damaged pages."""
+        self._requeue_waits = False
         try:
             done = self.store.requeued()
             for path in damaged_files(self.store.dir):
@@ -110,16 +122,42 @@ class Housekeeping:
             self._state = {"state": DEGRADED, "detail": f"requeue failed: {exc}"}
 
     def _requeue(self, path) -> None:
-        try:
-            salvage = read_unsent(path)
-        except SalvageError as exc:
-            detail = f"{exc}; nothing requeued, the file is kept for the platform's operators"
-            self.store.mark_requeued(path.name, {"queued": 0, "problem": str(exc)})
+        begun = self._begin_reading(path.name)
+        if begun > REQUEUE_MAX_ATTEMPTS:
+            problem = (f"reading it was begun {begun - 1} times and never finished (the agent stopped "
+                       f"while reading it: the card failing under it?)")
+            detail = f"{path.name}: {problem}; nothing requeued, the file is kept for the platform's operators"
+            self.store.mark_requeued(path.name, {"queued": 0, "problem": problem})
         else:
-            lines = describe_read(salvage) + describe_requeue(self.store.requeue(salvage))
-            detail = "; ".join(lines) + f"; {path.name} is kept: delete it once the outbox has drained"
+            try:
+                salvage = read_unsent(path)
+            except SalvageRetry as exc:
+                self._end_reading(path.name)
+                log.warning("damaged store set aside, requeue waits (tried again at the next purge): %s", exc)
+                self._requeue_waits = True
+                self._state = {"state": DEGRADED, "detail": f"requeue waits: {exc}"}
+                return
+            except SalvageError as exc:
+                detail = f"{exc}; nothing requeued, the file is kept for the platform's operators"
+                self.store.mark_requeued(path.name, {"queued": 0, "problem": str(exc)})
+            else:
+                lines = describe_read(salvage) + describe_requeue(self.store.requeue(salvage))
+                detail = "; ".join(lines) + f"; {path.name} is kept: delete it once the outbox has drained"
+        self._end_reading(path.name)
         log.warning("damaged store set aside: %s", detail)
         self.store.add("fault", {"subsystem": "store", "condition": "requeued", "detail": detail})
+
+    def _begin_reading(self, name: str) -> int:
+        """Count a reading of `name` begun, before it is: which one this is."""
+        attempts = self.store.state_get(REQUEUE_ATTEMPTS_KEY, {})
+        attempts[name] = attempts.get(name, 0) + 1
+        self.store.state_set(REQUEUE_ATTEMPTS_KEY, attempts)
+        return attempts[name]
+
+    def _end_reading(self, name: str) -> None:
+        attempts = self.store.state_get(REQUEUE_ATTEMPTS_KEY, {})
+        if attempts.pop(name, None) is not None:
+            self.store.state_set(REQUEUE_ATTEMPTS_KEY, attempts)
 
     def produce_health(self):
         try:

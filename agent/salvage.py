@@ -11,7 +11,11 @@ When SQLite can read nothing at all (page 1 damaged: the header, or the schema
 that says where each table starts: the damage the agent meets when it opens a
 store, and so the usual reason a file was set aside), the file and its WAL are
 read page by page instead (agent/sqlite_pages.py), and the store's rows are
-recognised by their shape.
+recognised by their shape. A WAL whose header is damaged, which SQLite takes as
+empty, is read page by page beside what SQLite reads of the file.
+
+An error that is no damage (the file locked by another process, SQLite busy) is
+SalvageRetry, and counts no row lost: read the file again later.
 
 `Store.requeue` then puts them back into the live outbox with their own UUIDs,
 so the platform de-duplicates any it did get.
@@ -24,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.records import KINDS
-from agent.sqlite_pages import Scan, scan_rows
+from agent.sqlite_pages import WAL_HEADER_SIZE, Row, Scan, scan_rows, wal_header_sound
+from agent.sqlite_threads import is_damage
 
 CHUNK = 512
 REFUSED_SHOWN = 20
@@ -32,9 +37,21 @@ REFUSED_SHOWN = 20
 RECORD_COLUMNS = ("uuid", "kind", "priority", "created", "time", "schema", "body", "sealed")
 IMAGE_COLUMNS = ("sha256", "role", "size", "created", "record_uuid")
 
+PAGES_UNREADABLE = ("SQLITE_IOERR_READ", "SQLITE_IOERR_SHORT_READ")
+"""SQLite errors that, like damage, cost the rows SQLite was reading: the card cannot read them."""
+NOT_NOW = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_NOMEM", "SQLITE_INTERRUPT", "SQLITE_IOERR",
+           "SQLITE_CANTOPEN", "SQLITE_PROTOCOL")
+"""SQLite errors that say nothing of the file's rows (with their extended codes)."""
+
 
 class SalvageError(Exception):
     """Nothing can be read from the file at all (its first page, its schema)."""
+
+
+class SalvageRetry(Exception):
+    """SQLite cannot read the file just now, for no reason in the file itself (it is locked or
+    busy, memory ran out): nothing is counted lost, read it again later. Not a SalvageError,
+    which says for good that the file holds nothing that can be read."""
 
 
 @dataclass
@@ -52,51 +69,82 @@ class Salvage:
     """Why some or all of the images table could not be read ("" when it could)."""
     scanned: str = ""
     """How the pages were read when SQLite could read nothing ("" when SQLite read it)."""
+    wal_scanned: str = ""
+    """How a WAL SQLite takes as empty (its header damaged) was read page by page ("" if none)."""
 
 
 def read_unsent(path: Path) -> Salvage:
     """The unsent records and images that can still be read from the store file at `path`:
-    through SQLite, or page by page where SQLite can read nothing of it."""
+    through SQLite, or page by page where SQLite can read nothing of it. A WAL beside it whose
+    header is damaged (SQLite takes it as empty) is read page by page, and its copies win.
+
+    SalvageError: nothing can be read; SalvageRetry: not just now; OSError: the file cannot
+    be opened."""
     path = Path(path)
     if not path.is_file():
         raise SalvageError(f"{path}: no such file")
+    wal = _wal_copies(path) if _wal_header_damaged(path) else None   # before SQLite opens it
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise SalvageError(f"SQLite cannot open {path}: {exc}") from None
-    try:
-        last = _last_rowid(conn, "records", "seq")
-        return _read(conn, path, last)
+        return _through_sqlite(path, wal)
     except SalvageError as exc:
         unreadable = str(exc)
-    finally:
-        conn.close()
+    except SalvageRetry as exc:
+        raise SalvageRetry(f"SQLite cannot read {path} just now ({exc}): nothing is lost, "
+                           "read it again later") from None
     return _scanned(path, unreadable)   # with no connection open on the file
 
 
-def _read(conn: sqlite3.Connection, path: Path, last: int) -> Salvage:
-    salvage = Salvage(path)
+def _through_sqlite(path: Path, wal: "_WalCopies | None") -> Salvage:
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        if _matches(exc, NOT_NOW):
+            raise SalvageRetry(str(exc)) from None
+        raise SalvageError(f"SQLite cannot open {path}: {exc}") from None
+    try:
+        last = _last_rowid(conn, "records", "seq")
+        return _read(conn, path, last, wal or _WalCopies())
+    finally:
+        conn.close()
+
+
+def _read(conn: sqlite3.Connection, path: Path, last: int, wal: "_WalCopies") -> Salvage:
+    """What SQLite reads of the file, where the WAL read page by page (`wal`) has no newer copy."""
+    salvage = Salvage(path, wal_scanned=wal.describe())
     bad: list[int] = []
     columns = ", ".join(RECORD_COLUMNS)
-    for row in _readable(conn, f"SELECT sent_at IS NOT NULL, {columns} FROM records "
+    unsent: list[tuple[int, tuple]] = []
+    for row in _readable(conn, f"SELECT seq, sent_at IS NOT NULL, {columns} FROM records "
                                "WHERE seq BETWEEN ? AND ? ORDER BY seq", last, bad):
-        if row[0]:
+        if row[2] in wal.copies.records:
+            continue
+        if row[1]:
             salvage.already_sent += 1
         else:
-            salvage.records.append(tuple(row[1:]))
-    salvage.unreadable = _ranges(bad)
+            unsent.append((row[0], tuple(row[2:])))
+    salvage.already_sent += wal.copies.sent()
+    unsent += wal.copies.unsent_records()
+    salvage.records = [values for _, values in sorted(unsent, key=lambda r: r[0])]
+    salvage.unreadable = _ranges(sorted(set(bad) - wal.copies.seqs()))
     try:
-        last_image = _last_rowid(conn, "images", "rowid")
+        salvage.images, unreadable_images = _read_images(conn, wal.copies.images)
     except SalvageError as exc:
+        salvage.images, unreadable_images = [], 0
         salvage.images_problem = str(exc)
-        return salvage
-    bad_images: list[int] = []
-    salvage.images = [tuple(row) for row in _readable(
-        conn, f"SELECT {', '.join(IMAGE_COLUMNS)} FROM images WHERE rowid BETWEEN ? AND ? "
-              "AND sent_at IS NULL", last_image, bad_images)]
-    if bad_images:
-        salvage.images_problem = f"{len(bad_images)} image row(s) unreadable"
+    salvage.images += wal.copies.unsent_images()
+    if unreadable_images:
+        salvage.images_problem = f"{unreadable_images} image row(s) unreadable"
     return salvage
+
+
+def _read_images(conn: sqlite3.Connection, newer: dict) -> tuple[list[tuple], int]:
+    """The unsent images SQLite reads that have no newer copy in `newer`; how many it cannot."""
+    last = _last_rowid(conn, "images", "rowid")
+    bad: list[int] = []
+    images = [tuple(row) for row in _readable(
+        conn, f"SELECT {', '.join(IMAGE_COLUMNS)} FROM images WHERE rowid BETWEEN ? AND ? "
+              "AND sent_at IS NULL", last, bad) if row[0] not in newer]
+    return images, len(bad)
 
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
@@ -104,36 +152,99 @@ SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 NUMBER = (int, float)
 
 
+class _Copies:
+    """The newest copy of each record (by UUID) and image (by sha256) among those seen.
+
+    A copy in a WAL frame is newer than the file's and than those in the frames before it, and
+    decides: a record confirmed, then put back in the outbox (the platform's resend), is
+    unsent. The file's own pages keep no order (a freed page can hold an old copy): among
+    them, a record seen confirmed in any copy counts as confirmed."""
+
+    def __init__(self):
+        self.records: dict[str, tuple[int, int, tuple | None]] = {}
+        """uuid: (frame, seq, RECORD_COLUMNS; None once confirmed)."""
+        self.images: dict[str, tuple[int, int, tuple | None]] = {}
+        """sha256: (frame, row id, IMAGE_COLUMNS; None once confirmed)."""
+
+    def add(self, row: Row) -> None:
+        v = row.values
+        if _is_record_row(v):
+            unsent = tuple(v[1:9]) if v[9] is None else None
+            _keep_newest(self.records, v[1], (row.frame, row.rowid, unsent))
+        elif _is_image_row(v):
+            unsent = tuple(v[:5]) if v[5] is None else None
+            _keep_newest(self.images, v[0], (row.frame, row.rowid, unsent))
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.images)
+
+    def sent(self) -> int:
+        return sum(1 for _, _, values in self.records.values() if values is None)
+
+    def seqs(self) -> set[int]:
+        return {seq for _, seq, _ in self.records.values()}
+
+    def unsent_records(self) -> list[tuple[int, tuple]]:
+        """(seq, RECORD_COLUMNS) in sequence order."""
+        return sorted(((seq, values) for _, seq, values in self.records.values() if values is not None),
+                      key=lambda r: r[0])
+
+    def unsent_images(self) -> list[tuple]:
+        return [values for _, _, values in sorted(self.images.values(), key=lambda c: c[1])
+                if values is not None]
+
+
+def _keep_newest(newest: dict, key: str, copy: tuple[int, int, tuple | None]) -> None:
+    old = newest.get(key)
+    if old is None or copy[0] > old[0] or (copy[0] == old[0] and copy[2] is None):
+        newest[key] = copy
+
+
+@dataclass
+class _WalCopies:
+    copies: _Copies = field(default_factory=_Copies)
+    scan: Scan | None = None
+
+    def describe(self) -> str:
+        if self.scan is None:
+            return ""
+        return (f"its WAL's header is damaged (SQLite takes such a WAL as empty): the WAL read page by "
+                f"page, {self.scan.leaves} page(s) of rows, {self.scan.broken} broken, its copies newer "
+                f"than the file's; {self.scan.wal}")
+
+
+def _wal_header_damaged(path: Path) -> bool:
+    try:
+        with open(path.with_name(path.name + "-wal"), "rb") as f:
+            head = f.read(WAL_HEADER_SIZE)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return len(head) == WAL_HEADER_SIZE and not wal_header_sound(head)
+
+
+def _wal_copies(path: Path) -> _WalCopies:
+    wal = _WalCopies(scan=Scan(0))
+    for row in scan_rows(path, wal.scan, database=False):
+        wal.copies.add(row)
+    return wal
+
+
 def _scanned(path: Path, why: str) -> Salvage:
-    """The unsent records and images found by reading the file's pages: a record seen sent in
-    any copy of its page (the file's or a newer one in the WAL) counts as sent."""
+    """The unsent records and images found by reading the file's pages and its WAL's."""
     scan = Scan(0)
-    unsent: dict[str, tuple[int, list]] = {}
-    sent: set[str] = set()
-    images: dict[str, list] = {}
-    images_sent: set[str] = set()
-    for rowid, values in scan_rows(path, scan):
-        if _is_record_row(values):
-            uuid = values[1]
-            if values[9] is not None:
-                sent.add(uuid)
-                unsent.pop(uuid, None)
-            elif uuid not in sent:
-                unsent[uuid] = (rowid, values)
-        elif _is_image_row(values):
-            if values[5] is not None:
-                images_sent.add(values[0])
-                images.pop(values[0], None)
-            elif values[0] not in images_sent:
-                images[values[0]] = values
-    if not unsent and not sent and not images and not images_sent:
+    copies = _Copies()
+    for row in scan_rows(path, scan):
+        copies.add(row)
+    if not copies:
         raise SalvageError(f"nothing can be read from {path}: {why}; and none of its {scan.pages} "
                            f"page(s) holds a row of the store")
-    salvage = Salvage(path, already_sent=len(sent))
-    salvage.records = [tuple(values[1:9]) for _, values in sorted(unsent.values(), key=lambda r: r[0])]
-    salvage.images = [tuple(values[:5]) for values in images.values()]
+    salvage = Salvage(path, already_sent=copies.sent())
+    salvage.records = [values for _, values in copies.unsent_records()]
+    salvage.images = copies.unsent_images()
     salvage.scanned = (f"SQLite could read nothing ({why}): read page by page, {scan.leaves} page(s) "
-                       f"of rows, {scan.broken} broken")
+                       f"of rows, {scan.broken} broken" + (f"; {scan.wal}" if scan.wal else ""))
     return salvage
 
 
@@ -159,8 +270,7 @@ def describe_read(salvage: Salvage) -> list[str]:
     lines = [f"{salvage.path.name}: {len(salvage.records)} unsent record(s)" + _by_kind(by_kind)
              + f", {len(salvage.images)} unsent image(s); {salvage.already_sent} already confirmed "
                "by the platform (left)"]
-    if salvage.scanned:
-        lines.append(salvage.scanned)
+    lines += [line for line in (salvage.scanned, salvage.wal_scanned) if line]
     if salvage.unreadable:
         spans = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in salvage.unreadable[:10])
         more = f" and {len(salvage.unreadable) - 10} more" if len(salvage.unreadable) > 10 else ""
@@ -176,8 +286,11 @@ def describe_requeue(report: dict) -> list[str]:
     queued = report["queued"]
     lines = [f"queued {sum(queued.values())} record(s)" + _by_kind(queued)
              + (f"; {report['already_here']} already in the outbox" if report["already_here"] else "")
+             + (f"; {report['too_old']} older than their storage.retention left out (confirmed and purged "
+                f"before, read back from freed pages)" if report.get("too_old") else "")
              + f"; {report['images_queued']} image(s)"
-             + (f"; {report['images_missing']} image file(s) gone" if report["images_missing"] else "")]
+             + (f"; {report['images_missing']} image file(s) gone" if report["images_missing"] else "")
+             + (f"; {report['images_refused']} image row(s) unusable" if report.get("images_refused") else "")]
     refused = report["refused"]
     lines += [f"not queued: {uuid}: {reason}" for uuid, reason in refused[:REFUSED_SHOWN]]
     if len(refused) > REFUSED_SHOWN:
@@ -197,6 +310,7 @@ def _last_rowid(conn: sqlite3.Connection, table: str, key: str) -> int:
         try:
             row = conn.execute(sql).fetchone()
         except sqlite3.DatabaseError as exc:
+            _raise_if_not_now(exc)
             problem = exc
             continue
         if row and row[0] is not None:
@@ -207,15 +321,18 @@ def _last_rowid(conn: sqlite3.Connection, table: str, key: str) -> int:
 
 
 def _readable(conn: sqlite3.Connection, sql: str, last: int, bad: list[int]):
-    """Every row SQLite can read, CHUNK row ids at a time; the row ids it cannot read are
-    appended to `bad` (a range that fails is halved down to single rows)."""
+    """Every row SQLite can read, CHUNK row ids at a time; the row ids it cannot read, being
+    damaged, are appended to `bad` (a range that fails is halved down to single rows)."""
     for start in range(1, last + 1, CHUNK):
         todo = [(start, min(last, start + CHUNK - 1))]
         while todo:
             first, end = todo.pop()
             try:
                 rows = conn.execute(sql, (first, end)).fetchall()
-            except sqlite3.DatabaseError:
+            except sqlite3.DatabaseError as exc:
+                _raise_if_not_now(exc)
+                if not (is_damage(exc) or _matches(exc, PAGES_UNREADABLE)):
+                    raise SalvageError(f"SQLite cannot read the store's tables: {exc}") from None
                 if first == end:
                     bad.append(first)
                 else:
@@ -223,6 +340,17 @@ def _readable(conn: sqlite3.Connection, sql: str, last: int, bad: list[int]):
                     todo += [(middle + 1, end), (first, middle)]
                 continue
             yield from rows
+
+
+def _raise_if_not_now(exc: sqlite3.Error) -> None:
+    if _matches(exc, NOT_NOW) and not _matches(exc, PAGES_UNREADABLE):
+        raise SalvageRetry(str(exc)) from None
+
+
+def _matches(exc: sqlite3.Error, names: tuple[str, ...]) -> bool:
+    """Whether SQLite's error is one of `names`, or an extended code of one."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return any(name == n or name.startswith(n + "_") for n in names)
 
 
 def _ranges(numbers: list[int]) -> list[tuple[int, int]]:

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from agent.sqlite_pages import wal_header_sound
+
 # What SQLite says of a file that is not (or no longer) a database.
 DAMAGE_ERRORS = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
 
@@ -22,9 +24,6 @@ def is_damage(exc: sqlite3.Error) -> bool:
     descriptor of a database file drops the POSIX locks this process's
     connections hold on it, and a live database can then be damaged."""
     return getattr(exc, "sqlite_errorname", "") in DAMAGE_ERRORS
-
-
-WAL_MAGIC = (0x377F0682, 0x377F0683)
 
 
 def damage_before_opening(path: Path) -> str:
@@ -43,7 +42,7 @@ def damage_before_opening(path: Path) -> str:
             head = f.read(32)
     except FileNotFoundError:
         head = b""
-    if len(head) == 32 and not _wal_header_sound(head):
+    if len(head) == 32 and not wal_header_sound(head):
         return f"its write-ahead log {wal.name} is damaged (header)"
     if not path.exists():
         return ""
@@ -57,19 +56,6 @@ def damage_before_opening(path: Path) -> str:
     except sqlite3.Error as exc:
         return str(exc) if is_damage(exc) else ""
     return ""
-
-
-def _wal_header_sound(head: bytes) -> bool:
-    """The WAL header's magic and checksum (https://www.sqlite.org/fileformat2.html#walformat)."""
-    magic = int.from_bytes(head[:4], "big")
-    if magic not in WAL_MAGIC:
-        return False
-    order = "big" if magic & 1 else "little"
-    s0 = s1 = 0
-    for i in range(0, 24, 8):
-        s0 = (s0 + int.from_bytes(head[i:i + 4], order) + s1) & 0xFFFFFFFF
-        s1 = (s1 + int.from_bytes(head[i + 4:i + 8], order) + s0) & 0xFFFFFFFF
-    return (s0, s1) == (int.from_bytes(head[24:28], "big"), int.from_bytes(head[28:32], "big"))
 
 
 def set_aside(path: Path) -> Path:

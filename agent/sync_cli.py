@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -123,25 +124,23 @@ def sync_requeue(ctx, file, dry_run):
     of an old gate.db. What SQLite can still read of it goes back with its own
     UUIDs (the platform de-duplicates any it did get); rows on damaged pages are
     skipped and counted. The file is only read: delete it yourself once the
-    platform has the records. Works beside a running agent.
+    platform has the records. Works beside a running agent. A file another
+    process holds locked, or one that cannot be read, is named and nothing is
+    queued: run it again later.
 
     \b
     Example:
       gate-agent sync requeue gate.db.damaged-20261125T123000Z --dry-run
       gate-agent sync requeue /var/lib/gate-agent/gate.db.damaged-20261125T123000Z
     """
-    from agent.salvage import SalvageError, describe_read, describe_requeue, read_unsent
-    from agent.store import StoreError
+    from agent.salvage import describe_read, describe_requeue
     cfg = load_config(ctx)
     data_dir = Path(cfg.storage.data_dir)
     if not file.exists() and not file.is_absolute() and (data_dir / file).exists():
         file = data_dir / file
     if file.resolve() == (data_dir / "gate.db").resolve():
         raise UserError(f"{file} is the live store: requeue reads a store set aside or copied")
-    try:
-        salvage = read_unsent(file)
-    except SalvageError as exc:
-        raise UserError(f"{exc}; nothing requeued (keep the file for the platform's operators)") from None
+    salvage = _read_set_aside(file)
     for line in describe_read(salvage):
         click.echo(line)
     if dry_run:
@@ -149,13 +148,36 @@ def sync_requeue(ctx, file, dry_run):
         return
     store = _open_store(cfg, need_key=True)
     try:
-        report = store.requeue(salvage)
-    except StoreError as exc:
-        raise UserError(f"requeue stopped: {exc}; what was queued stays queued, run it again "
-                        "when there is room") from None
+        report = _requeue_into(store, salvage)
     finally:
         store.close()
     for line in describe_requeue(report):
         click.echo(line)
     click.echo(f"{file} is left as it was: delete it once `gate-agent sync status` shows the outbox drained")
 
+
+def _read_set_aside(file: Path):
+    from agent.salvage import SalvageError, SalvageRetry, read_unsent
+    try:
+        return read_unsent(file)
+    except SalvageError as exc:
+        raise UserError(f"{exc}; nothing requeued (keep the file for the platform's operators)") from None
+    except SalvageRetry as exc:
+        raise UserError(f"{exc}; nothing requeued") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {exc.filename or file}: {exc.strerror or exc}; nothing requeued, "
+                        "run it again once it can be read") from None
+    except sqlite3.Error as exc:
+        raise UserError(f"SQLite cannot read {file}: {exc}; nothing requeued, run it again later") from None
+
+
+def _requeue_into(store, salvage) -> dict:
+    from agent.store import StoreError
+    try:
+        return store.requeue(salvage)
+    except StoreError as exc:
+        raise UserError(f"requeue stopped: {exc}; what was queued stays queued, run it again "
+                        "when there is room") from None
+    except (sqlite3.Error, OSError) as exc:
+        raise UserError(f"requeue into {store.path} stopped: {exc}; what was queued stays queued, "
+                        "run it again") from None

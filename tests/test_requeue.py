@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,11 @@ import pytest
 from agent.config import load
 from agent.gate import AREAS, Gate
 from agent.privacy import Sealer, create_key, load_key
-from agent.salvage import read_unsent
-from agent.sqlite_threads import set_aside
+import agent.salvage as salvage_module
+from agent.salvage import SalvageRetry, describe_read, read_unsent
+from agent.sqlite_threads import damage_before_opening, set_aside
 from agent.store import Store, open_store
+from agent.sync import SyncEngine
 from conftest import run_cli
 from damage import PAGE, garble_page_holding
 from gpio_rig import subsystem
@@ -231,3 +235,175 @@ def test_the_agent_names_a_set_aside_store_nothing_can_be_read_from(config, old_
 def test_requeue_has_help():
     done = run_cli("sync", "requeue", "--help")
     assert done.returncode == 0 and "gate.db.damaged-" in done.stdout and "Example" in done.stdout
+
+
+def power_cut_copy(config, name: str = "cut.db") -> Path:
+    """gate.db and its WAL copied as the card holds them while the store is open (a power cut)."""
+    data = Path(config.storage.data_dir)
+    for suffix in ("", "-wal"):
+        shutil.copy(data / f"gate.db{suffix}", data / f"{name}{suffix}")
+    return data / name
+
+
+def garble_first_page(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.write(os.urandom(PAGE))
+
+
+def faults_in_one_transaction(store, n: int) -> list:
+    store.db.conn.execute("BEGIN")
+    faults = [store.add("fault", fault(i)) for i in range(n)]
+    store.db.conn.execute("COMMIT")
+    return faults
+
+
+def test_the_wal_of_a_store_set_aside_for_its_damaged_wal_header_is_read_too(config):
+    """SQLite takes a WAL whose header does not check as empty: the records only in it (the
+    recent ones, not yet checkpointed) come back page by page, and its copies are newer."""
+    store = open_store(config, Sealer(load_key(config.privacy.key_file)))
+    checkpointed = faults_in_one_transaction(store, 300)
+    store.mark_sent([r.uuid for r in checkpointed[:100]])
+    store.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.mark_sent([r.uuid for r in checkpointed[100:150]])          # confirmed: only the WAL says so
+    recent = [store.add("badge_read", {"reader": "badge1", "format": "wiegand26", "badge": str(n)})
+              for n in range(50)]
+    cut = power_cut_copy(config)
+    store.close()
+    with open(cut.with_name("cut.db-wal"), "r+b") as f:
+        f.seek(31)
+        last = f.read(1)
+        f.seek(31)
+        f.write(bytes([last[0] ^ 0xFF]))                              # the header's checksum
+    assert damage_before_opening(cut) == "its write-ahead log cut.db-wal is damaged (header)"
+    salvage = read_unsent(set_aside(cut))
+    assert [row[0] for row in salvage.records] == [r.uuid for r in checkpointed[150:] + recent]
+    assert salvage.already_sent == 150 and not salvage.unreadable and not salvage.scanned
+    assert "its WAL's header is damaged" in salvage.wal_scanned
+    assert any("its WAL's header is damaged" in line for line in describe_read(salvage))
+
+
+def test_records_put_back_in_the_outbox_after_a_checkpoint_are_unsent(config):
+    """The platform's resend sets sent_at back to NULL: the WAL's newer copy says unsent,
+    though the file's own pages say confirmed."""
+    store = open_store(config, Sealer(load_key(config.privacy.key_file)))
+    faults = faults_in_one_transaction(store, 200)
+    store.mark_sent([r.uuid for r in faults])
+    store.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert SyncEngine(config, store, persistent=False, downlink=False).resend_since(0) == 200
+    cut = power_cut_copy(config)
+    store.close()
+    garble_first_page(cut)
+    salvage = read_unsent(cut)
+    assert salvage.scanned and salvage.already_sent == 0
+    assert [row[0] for row in salvage.records] == [r.uuid for r in faults]
+
+
+def test_frames_of_an_earlier_wal_generation_are_left_out(config):
+    """After a checkpoint the next write starts the WAL again from its first frame with new
+    salts; the longer earlier generation's frames behind it (saying confirmed) are stale."""
+    store = open_store(config, Sealer(load_key(config.privacy.key_file)))
+    faults = faults_in_one_transaction(store, 300)
+    for start in range(0, 300, 10):
+        store.mark_sent([r.uuid for r in faults[start:start + 10]])
+    assert store.db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0
+    SyncEngine(config, store, persistent=False, downlink=False).resend_since(0)
+    cut = power_cut_copy(config)
+    store.close()
+    garble_first_page(cut)
+    salvage = read_unsent(cut)
+    assert salvage.already_sent == 0 and [row[0] for row in salvage.records] == [r.uuid for r in faults]
+    assert "of an earlier generation left out" in salvage.scanned
+
+
+def test_frames_after_the_last_commit_are_left_out(config):
+    """A transaction too big for the page cache writes frames before it commits; cut there,
+    it never committed: the records it marked confirmed are still unsent."""
+    store = open_store(config, Sealer(load_key(config.privacy.key_file)))
+    faults = faults_in_one_transaction(store, 300)
+    conn = store.db.conn
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.execute("PRAGMA cache_size=2")
+    conn.execute("BEGIN")
+    conn.execute("UPDATE records SET sent_at = 1")
+    cut = power_cut_copy(config)
+    conn.execute("ROLLBACK")
+    store.close()
+    garble_first_page(cut)
+    salvage = read_unsent(cut)
+    assert salvage.already_sent == 0 and [row[0] for row in salvage.records] == [r.uuid for r in faults]
+    assert "after its last commit left out" in salvage.scanned
+
+
+@contextmanager
+def locked(path: Path):
+    """Another process's exclusive lock on the database at `path`."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_a_locked_store_is_read_again_later_not_counted_lost(old_store):
+    with locked(old_store["path"]):
+        with pytest.raises(SalvageRetry, match="database is locked"):
+            read_unsent(old_store["path"])
+    assert len(read_unsent(old_store["path"]).records) == 2002
+
+
+def test_a_lock_is_no_damage_to_halve_around(old_store):
+    conn = sqlite3.connect(f"file:{old_store['path']}?mode=ro", uri=True, isolation_level=None, timeout=0)
+    bad: list[int] = []
+    try:
+        with locked(old_store["path"]), pytest.raises(SalvageRetry):
+            list(salvage_module._readable(conn, "SELECT uuid FROM records WHERE seq BETWEEN ? AND ?",
+                                          3002, bad))
+    finally:
+        conn.close()
+    assert bad == []
+
+
+def test_requeue_names_a_file_it_cannot_read_now(config, old_store):
+    with locked(old_store["path"]):
+        done = requeue(config.path, old_store["path"])
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"SQLite cannot read {old_store['path']} just now (database is locked)" in done.stderr
+    assert "nothing requeued" in done.stderr
+    os.mkdir(old_store["path"].with_name(old_store["name"] + "-wal"))      # no WAL SQLite can open
+    done = requeue(config.path, old_store["path"])
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert str(old_store["path"]) in done.stderr and "nothing requeued" in done.stderr
+
+
+def test_a_set_aside_store_locked_just_now_is_read_once_it_is_free(config, old_store, caplog):
+    from agent.housekeeping import Housekeeping
+    store = open_store(config, Sealer(load_key(config.privacy.key_file)))
+    housekeeping = Housekeeping(store, health_interval_s=60)
+    try:
+        with locked(old_store["path"]):
+            housekeeping.requeue_set_aside()
+        assert housekeeping.health()["state"] == "degraded"
+        assert "requeue waits" in housekeeping.health()["detail"] and "locked" in housekeeping.health()["detail"]
+        assert store.requeued() == {} and "Traceback" not in caplog.text
+        housekeeping.requeue_set_aside()
+        assert store.requeued()[old_store["name"]]["queued"] == 2002
+    finally:
+        store.close()
+
+
+def test_a_set_aside_store_whose_reading_never_finished_is_left_alone(config, old_store):
+    """Three starts that stopped while reading it (the card failing under the read): the fourth
+    leaves it for the operators instead of reading it, and the agent stopping, again."""
+    from agent.housekeeping import REQUEUE_ATTEMPTS_KEY
+    store = open_store(config, Sealer(load_key(config.privacy.key_file)))
+    try:
+        store.state_set(REQUEUE_ATTEMPTS_KEY, {old_store["name"]: 3})
+    finally:
+        store.close()
+    [fault] = agent_requeues(config)
+    assert "reading it was begun 3 times and never finished" in fault["detail"]
+    assert "nothing requeued, the file is kept" in fault["detail"]
+    assert agent_requeues(config) == []
