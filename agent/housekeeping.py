@@ -127,7 +127,7 @@ class Housekeeping:
             problem = (f"reading it was begun {begun - 1} times and never finished (the agent stopped "
                        f"while reading it: the card failing under it?)")
             detail = f"{path.name}: {problem}; nothing requeued, the file is kept for the platform's operators"
-            self.store.mark_requeued(path.name, {"queued": 0, "problem": problem})
+            self.store.mark_requeued(path.name, {"queued": 0, "problem": problem, "never_finished": True})
         else:
             try:
                 salvage = read_unsent(path)

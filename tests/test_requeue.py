@@ -407,3 +407,5 @@ def test_a_set_aside_store_whose_reading_never_finished_is_left_alone(config, ol
     assert "reading it was begun 3 times and never finished" in fault["detail"]
     assert "nothing requeued, the file is kept" in fault["detail"]
     assert agent_requeues(config) == []
+    status = run_cli("--config", config.path, "status")
+    assert f"DAMAGED DATABASE SET ASIDE: {old_store['name']} (its reading never finished" in status.stdout
