@@ -180,6 +180,7 @@ class SyncEngine:
         self._threads: list[threading.Thread] = []
         self._attempt = 0
         self._last_state_save = 0.0
+        self._state_changed = False
         self.commands = self._make_command_handler() if downlink else None
 
     # --- the paho client ---------------------------------------------------------
@@ -281,6 +282,7 @@ class SyncEngine:
         except Exception:
             pass
         self._set_link(STOPPED, "stopped", "stopped", connected=False)
+        self._save_state()   # the committer has stopped: said here, where waiting is allowed
 
     @property
     def alive(self) -> bool:
@@ -292,6 +294,7 @@ class SyncEngine:
         except Exception:
             log.exception("sync thread %s died", threading.current_thread().name)
             self._set_link(FAULT, "crashed", f"{threading.current_thread().name} thread died")
+            self._save_state()   # the committer may be the one that died
 
     def _set_link(self, state: str, condition: str, detail: str, connected: bool | None = None) -> None:
         changed = (state, condition, detail) != (self.link.state, self.link.condition, self.link.detail)
@@ -300,6 +303,16 @@ class SyncEngine:
             self.link.connected = connected
         if changed:
             self.link.since = time.time()
+            self._state_changed = True
+            self._commit_wake.set()
+
+    def _save_changed_state(self) -> None:
+        """The link's state into the store, on the committer thread: a write can wait seconds
+        on a stalled card, and the link thread (paho's network loop, which carries the alarms
+        sent from memory) and the pump must never wait for one."""
+        if self._state_changed:
+            self._state_changed = False
+            self._last_state_save = time.monotonic()
             self._save_state()
 
     def _save_state(self) -> None:
@@ -378,6 +391,10 @@ class SyncEngine:
             self._stopping.wait(min(0.1, delay - waited))
 
     def _alarm_waiting(self) -> bool:
+        """An alarm waits: one held in memory (the store refused or holds it up: asked first, it
+        needs no disk), or one unsent in the outbox."""
+        if self._from_memory:
+            return True
         try:
             return self.store.has_unsent(ALARM)
         except Exception:
@@ -522,7 +539,8 @@ class SyncEngine:
                 batch.append(self._to_commit.popleft())
             if batch:
                 self._commit(batch)
-            elif self._stopping.is_set():
+            self._save_changed_state()
+            if not batch and self._stopping.is_set():
                 return
 
     def _commit(self, batch: list) -> None:
@@ -541,8 +559,7 @@ class SyncEngine:
         self._committed.append((ok, batch))
         self._wake.set()
         if ok and time.monotonic() - self._last_state_save > 5:
-            self._last_state_save = time.monotonic()
-            self._save_state()
+            self._state_changed = True
 
     def _excluded(self) -> set[str]:
         now = time.monotonic()

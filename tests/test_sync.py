@@ -416,3 +416,63 @@ def test_connection_refused_by_the_broker_is_reported(setup, tmp_path, caplog):
             assert store.depth()["by_priority"]["alarm"] == 1
         finally:
             sync.stop()
+
+
+def alarm_held_in_memory(bus):
+    """An alarm the store refused, handed to the sync from memory as the alarm panel does."""
+    from agent.bus import ALARM_UNSTORED
+    record = new_record("alarm", EXAMPLES["alarm"], device_id=DEVICE, site=SITE)
+    bus.publish(ALARM_UNSTORED, record=record)
+    return record
+
+
+def platform_has(sub, uuid, timeout):
+    return sub.wait_for(lambda m: any(json.loads(p)["uuid"] == uuid for t, p, _ in m if "/records/" in t), timeout)
+
+
+def test_an_alarm_held_in_memory_reaches_a_returning_broker_without_waiting_out_the_backoff(setup):
+    """Not in the outbox, so the outbox says no alarm waits: the link must ask the sync's memory
+    too, or it reconnects only when its backoff (here 10-20 s) is over."""
+    broker = Mosquitto(persistent=True)
+    with broker, Subscriber(broker.port, "gate/+/+/records/#", session="platform") as sub:
+        cfg, store = setup(broker.port)
+        bus = Bus()
+        engine = SyncEngine(cfg, store, bus, downlink=False, backoff_start=20, backoff_max=20)
+        broker.stop()
+        engine.start()
+        try:
+            assert wait_until(lambda: engine.link.condition == "unreachable")
+            alarm = alarm_held_in_memory(bus)
+            time.sleep(1.0)
+            broker.start()
+            assert platform_has(sub, alarm.uuid, 3), "the alarm waited for the backoff"
+        finally:
+            engine.stop()
+
+
+def test_the_link_never_waits_for_a_stalled_card_to_save_its_state(setup):
+    """The link's state goes into the store when the link changes; on a stalled card that write
+    waits seconds. The link thread (paho's network loop: it carries the alarms sent from memory)
+    must not wait with it."""
+    import sqlite3
+    broker = Mosquitto(persistent=True)
+    with broker, Subscriber(broker.port, "gate/+/+/records/#", session="platform") as sub:
+        cfg, store = setup(broker.port)
+        bus = Bus()
+        engine = SyncEngine(cfg, store, bus, downlink=False, backoff_start=0.1, backoff_max=0.4)
+        engine.start()
+        stall = sqlite3.connect(store.path, isolation_level=None)
+        try:
+            assert wait_until(lambda: engine.link.connected)
+            stall.execute("BEGIN IMMEDIATE")
+            broker.stop()
+            assert wait_until(lambda: engine.link.condition == "unreachable")
+            alarm = alarm_held_in_memory(bus)
+            broker.start()
+            assert platform_has(sub, alarm.uuid, 3), "the link waited for the store"
+        finally:
+            if stall.in_transaction:
+                stall.execute("ROLLBACK")
+            stall.close()
+            engine.stop()
+        assert store.state_get("sync", {}).get("state") == "stopped"
