@@ -1,11 +1,13 @@
 """One-key alarm buttons: the siren at once, every press written durably, then sent first.
 
-The press path, in the thread that saw the edge (gpiozero's callback thread):
-debounce in memory, turn the siren on (microseconds: the help the person who
-pressed hears must not wait for a disk), build the record and `Store.put` it
-(one short SQLite transaction on this thread's own connection: it becomes the
-first record in the outbox, priority 0). Nothing on that path waits for the
-camera pipeline, the sync or the purge, and no lock is shared with them.
+The press path, in the thread that saw the edge (gpiozero's callback thread, on
+a Pi the one thread that sees every contact): debounce in memory, turn the siren
+on (microseconds: the help the person who pressed hears must not wait for a
+disk), build the record and hand it to the panel's store worker, which puts it
+first, before anything else it has to write (one short SQLite transaction on its
+own connection: the first record in the outbox, priority 0). Nothing on that
+path waits for a disk, the camera pipeline, the sync or the purge; the one lock
+it takes (the siren's deadline) is held for a GPIO write, never for I/O.
 
 A press the store refuses (an SD card failing, a file system remounted
 read-only) is kept in memory, retried every timer round, and handed to the sync
@@ -14,12 +16,13 @@ must not keep an alarm from the platform. So is one whose write has not
 committed within WRITE_STALL_S (a stalled card). Once stored it is sent again
 from the outbox, with its `seq` (the platform de-duplicates by UUID).
 
-Two threads of the panel's own keep the timers apart: the sender ("alarm-sender",
-woken by each press) hands alarms to the sync from memory and switches the siren
-and ack lamp off; it never touches the store. The store worker ("alarm-timers")
-does what writes: the retries, tamper records, drill state. A stalled card can
-hold one of its writes for the SQLite busy timeout; the memory send of a new
-press does not wait behind it.
+Two threads of the panel's own keep the disk away from the rest: the sender
+("alarm-sender", woken by each press) hands alarms to the sync from memory and
+switches the siren and ack lamp off; it never touches the store. The store
+worker ("alarm-store") does every write: new alarms first, then the retries,
+tamper records, drill state. A stalled card can hold one of its writes for the
+SQLite busy timeout; neither the next edge nor the memory send of a new press
+waits behind it.
 
 Presses (documented in docs/gpio.md):
 - a press counts at its first edge; bounces and glitches shorter than the
@@ -46,6 +49,7 @@ drills.schedule window is open. The agent publishes the effective state under
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from datetime import datetime
@@ -182,6 +186,8 @@ class AlarmPanel:
         self._sent_from_memory: set[str] = set()
         self._stop = threading.Event()
         self._wake_sender = threading.Event()
+        self._to_store: queue.SimpleQueue = queue.SimpleQueue()
+        """(button, record) of each press, for the store worker to write."""
         self._thread: threading.Thread | None = None
         self._sender: threading.Thread | None = None
         self._next_drill_refresh = 0.0
@@ -207,8 +213,9 @@ class AlarmPanel:
         self.store.sent_listeners.append(self._on_sent)
         self._sender = threading.Thread(target=self._send_loop, args=(self._stop,),
                                         name="alarm-sender", daemon=True)
-        self._thread = threading.Thread(target=self._run, args=(self._stop,),
-                                        name="alarm-timers", daemon=True)
+        self._to_store = queue.SimpleQueue()   # each start's own: a worker stopped mid-write keeps its own
+        self._thread = threading.Thread(target=self._run, args=(self._stop, self._to_store),
+                                        name="alarm-store", daemon=True)
         self._sender.start()
         self._thread.start()
 
@@ -254,6 +261,7 @@ class AlarmPanel:
     def stop(self) -> None:
         self._stop.set()
         self._wake_sender.set()
+        self._to_store.put(None)
         for thread in (self._sender, self._thread):
             if thread and thread is not threading.current_thread():
                 thread.join(timeout=STOP_JOIN_S)
@@ -276,7 +284,7 @@ class AlarmPanel:
     def health(self) -> dict:
         if self.pins is None:
             return {"state": "stopped", "detail": ""}
-        for thread, what in ((self._thread, "timer"), (self._sender, "sender")):
+        for thread, what in ((self._thread, "store"), (self._sender, "sender")):
             if thread is None or not thread.is_alive():
                 return {"state": "fault", "detail": f"the alarm {what} thread is not running"}
         problems = [f"button {b.name} wire cut" for b in self.buttons if b.cut_reported]
@@ -314,11 +322,17 @@ class AlarmPanel:
         self._store_alarm(button, record)
 
     def _store_alarm(self, button: Button, record) -> None:
-        """Store the alarm; the sender, woken here, sends it from memory should the write stall."""
+        """Hand the alarm to the store worker (the edge thread never waits for a disk); the
+        sender, woken here, sends it from memory should its write not commit in WRITE_STALL_S."""
         self._unacked.add(record.uuid)
         with self._lock:
             self._writing[record.uuid] = (record, time.monotonic())
+        self._to_store.put((button, record))
         self._wake_sender.set()
+
+    def _write_alarm(self, button: Button, record) -> None:
+        """On the store worker: the alarm into the store, or, refused, kept for the retries and
+        the sender."""
         try:
             self._no_checkpoints_here()
             self.store.put(record)
@@ -326,19 +340,19 @@ class AlarmPanel:
             log.critical("ALARM from button %s (%s) NOT STORED (%s): sending %s from memory, "
                          "retrying the store", button.name, button.location, exc, record.uuid)
             with self._lock:
-                self._unstored.append(record)
-            self._send_from_memory(record)
-            return
-        finally:
-            with self._lock:
                 self._writing.pop(record.uuid, None)
+                self._unstored.append(record)
+            self._wake_sender.set()
+            return
+        with self._lock:
+            self._writing.pop(record.uuid, None)
         self._sent_from_memory.discard(record.uuid)
         log.warning("ALARM: button %s (%s)%s stored as %s", button.name, button.location,
                     " [drill]" if record.data["drill"] else "", record.uuid)
 
     def _no_checkpoints_here(self) -> None:
-        """This thread's connection never runs a WAL checkpoint: an alarm commit must not pay
-        for copying pages another subsystem (a purge, a burst of reads) wrote. The other
+        """The store worker's connection never runs a WAL checkpoint: an alarm commit must not
+        pay for copying pages another subsystem (a purge, a burst of reads) wrote. The other
         connections keep SQLite's automatic checkpoints."""
         db = self.store.db
         if getattr(self._thread_local, "prepared", None) is not db:
@@ -453,19 +467,39 @@ class AlarmPanel:
         if record.uuid not in self._sent_from_memory:
             self.bus.publish(topics.ALARM_UNSTORED, record=record)
 
-    # --- the store worker: tamper, drill, retries ---
+    # --- the store worker: new alarms, then tamper, drill, retries ---
 
-    def _run(self, stop: threading.Event) -> None:
-        """Runs until stopped: a failed round (a tamper record the store refused, say) is
-        logged and shown as degraded, never a reason to take the buttons down."""
-        while not stop.wait(TICK_S):
+    def _run(self, stop: threading.Event, to_store: queue.SimpleQueue) -> None:
+        """Runs until stopped, writing each alarm handed to it at once and a round of the timers
+        every TICK_S: a failed round (a tamper record the store refused, say) is logged and
+        shown as degraded, never a reason to take the buttons down. Alarms handed to it before
+        the stop are written before it ends."""
+        next_round = time.monotonic() + TICK_S
+        while True:
             try:
-                self.tick(time.monotonic())
-                self._round_error = None
-            except Exception as exc:
-                if self._round_error is None:
-                    log.exception("alarm timer round failed")
-                self._round_error = f"timer round failed: {exc}"
+                alarm = to_store.get(timeout=max(0.0, next_round - time.monotonic()))
+            except queue.Empty:
+                alarm = None
+            if alarm is not None:
+                self._write_alarm(*alarm)
+            if stop.is_set():
+                break
+            if time.monotonic() >= next_round:
+                next_round = time.monotonic() + TICK_S
+                self._round()
+        while not to_store.empty():
+            alarm = to_store.get()
+            if alarm is not None:
+                self._write_alarm(*alarm)
+
+    def _round(self) -> None:
+        try:
+            self.tick(time.monotonic())
+            self._round_error = None
+        except Exception as exc:
+            if self._round_error is None:
+                log.exception("alarm timer round failed")
+            self._round_error = f"timer round failed: {exc}"
 
     def tick(self, now: float) -> None:
         """One round of the timers that write to the store, as of monotonic time `now`. Any
