@@ -17,6 +17,7 @@ times and never finished is left for the platform's operators.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 
@@ -66,7 +67,8 @@ class Housekeeping:
         self._state = {"state": STARTING, "detail": ""}
         self.set_aside_looked_at = threading.Event()
         """Set once the damaged stores set aside have been requeued (or found done before)."""
-        self._requeue_waits = False
+        self._requeue_waits = ""
+        """Why the requeue of a set-aside store waits for the next purge ("" when it does not)."""
 
     def start(self) -> None:
         self._stop.clear()
@@ -83,6 +85,8 @@ class Housekeeping:
     def health(self) -> dict:
         if self._thread is not None and not self._thread.is_alive() and not self._stop.is_set():
             return {"state": FAULT, "detail": "housekeeping thread died"}
+        if self._requeue_waits and self._state["state"] != DEGRADED:   # a disk-full health record says more
+            return {"state": DEGRADED, "detail": self._requeue_waits}
         return self._state
 
     def interval(self) -> float:
@@ -108,44 +112,45 @@ class Housekeeping:
     def requeue_set_aside(self) -> None:
         """Once per file: what each gate.db set aside as damaged still holds unsent goes back
         into the outbox, so a damaged card costs only the rows on its damaged pages."""
-        self._requeue_waits = False
+        self._requeue_waits = ""
         try:
             done = self.store.requeued()
             for path in damaged_files(self.store.dir):
                 if path.name.startswith("gate.db.") and path.name not in done:
                     self._requeue(path)
-        except StoreError as exc:
-            log.error("requeue of a damaged store stopped (tried again at the next start): %s", exc)
-            self._state = {"state": DEGRADED, "detail": f"requeue stopped: {exc}"}
+        except (SalvageRetry, StoreError, OSError, sqlite3.Error) as exc:
+            log.warning("requeue of a damaged store waits (tried again at the next purge): %s", exc)
+            self._requeue_waits = f"requeue waits: {exc}"
         except Exception as exc:   # never a reason to stop the health records and the purge
             log.exception("requeue of a damaged store failed (tried again at the next start)")
             self._state = {"state": DEGRADED, "detail": f"requeue failed: {exc}"}
 
     def _requeue(self, path) -> None:
+        """Requeue one file, counting the reading begun until it ends, whichever way: only a
+        process that dies while reading leaves it counted. What cannot be done just now (the
+        file locked, the live store full) raises, for the next purge."""
         begun = self._begin_reading(path.name)
-        if begun > REQUEUE_MAX_ATTEMPTS:
-            problem = (f"reading it was begun {begun - 1} times and never finished (the agent stopped "
-                       f"while reading it: the card failing under it?)")
-            detail = f"{path.name}: {problem}; nothing requeued, the file is kept for the platform's operators"
-            self.store.mark_requeued(path.name, {"queued": 0, "problem": problem, "never_finished": True})
-        else:
-            try:
-                salvage = read_unsent(path)
-            except SalvageRetry as exc:
-                self._end_reading(path.name)
-                log.warning("damaged store set aside, requeue waits (tried again at the next purge): %s", exc)
-                self._requeue_waits = True
-                self._state = {"state": DEGRADED, "detail": f"requeue waits: {exc}"}
-                return
-            except SalvageError as exc:
-                detail = f"{exc}; nothing requeued, the file is kept for the platform's operators"
-                self.store.mark_requeued(path.name, {"queued": 0, "problem": str(exc)})
+        try:
+            if begun > REQUEUE_MAX_ATTEMPTS:
+                problem = (f"reading it was begun {begun - 1} times and never finished (the agent "
+                           f"stopped while reading it: the card failing under it?)")
+                detail = f"{path.name}: {problem}; nothing requeued, the file is kept for the platform's operators"
+                self.store.mark_requeued(path.name, {"queued": 0, "problem": problem, "never_finished": True})
             else:
-                lines = describe_read(salvage) + describe_requeue(self.store.requeue(salvage))
-                detail = "; ".join(lines) + f"; {path.name} is kept: delete it once the outbox has drained"
-        self._end_reading(path.name)
+                detail = self._read_and_requeue(path)
+        finally:
+            self._end_reading(path.name)
         log.warning("damaged store set aside: %s", detail)
         self.store.add("fault", {"subsystem": "store", "condition": "requeued", "detail": detail})
+
+    def _read_and_requeue(self, path) -> str:
+        try:
+            salvage = read_unsent(path)
+        except SalvageError as exc:
+            self.store.mark_requeued(path.name, {"queued": 0, "problem": str(exc)})
+            return f"{exc}; nothing requeued, the file is kept for the platform's operators"
+        lines = describe_read(salvage) + describe_requeue(self.store.requeue(salvage))
+        return "; ".join(lines) + f"; {path.name} is kept: delete it once the outbox has drained"
 
     def _begin_reading(self, name: str) -> int:
         """Count a reading of `name` begun, before it is: which one this is."""

@@ -410,3 +410,31 @@ def test_a_set_aside_store_whose_reading_never_finished_is_left_alone(config, ol
     assert agent_requeues(config) == []
     status = run_cli("--config", config.path, "status")
     assert f"DAMAGED DATABASE SET ASIDE: {old_store['name']} (its reading never finished" in status.stdout
+
+
+def test_a_requeue_the_live_store_cannot_take_now_waits_and_is_not_counted_as_a_crash(config, old_store,
+                                                                                      monkeypatch):
+    """A full disk while requeueing is not the agent dying mid-read: the file is tried again at
+    the next purge, the housekeeping says why meanwhile, and no reading is left counted."""
+    from agent.housekeeping import REQUEUE_ATTEMPTS_KEY, Housekeeping
+    from agent.store import DiskFull
+    store = open_store(config, Sealer(load_key(config.privacy.key_file)))
+    housekeeping = Housekeeping(store, health_interval_s=60)
+    real_requeue = store.requeue
+
+    def full(salvage, **kw):
+        raise DiskFull("disk full writing to gate.db (simulated)")
+    try:
+        monkeypatch.setattr(store, "requeue", full)
+        for _ in range(4):
+            housekeeping.requeue_set_aside()
+        housekeeping.produce_health()
+        assert housekeeping.health() == {"state": "degraded", "detail": "requeue waits: disk full writing to "
+                                                                           "gate.db (simulated)"}
+        assert store.state_get(REQUEUE_ATTEMPTS_KEY, {}) == {} and store.requeued() == {}
+        monkeypatch.setattr(store, "requeue", real_requeue)
+        housekeeping.requeue_set_aside()
+        assert store.requeued()[old_store["name"]]["queued"] == 2002
+        assert "requeue waits" not in housekeeping.health()["detail"]
+    finally:
+        store.close()
