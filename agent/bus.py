@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from typing import Callable
 
@@ -26,6 +27,25 @@ ALARM_SENT_FROM_MEMORY = "alarm.sent_from_memory"   # uuid: the broker confirmed
 GUARD_ATTENTION_EVERY_S = 10.0
 """While the store refuses a lane's reads (cards, plates), its guard is asked again at most this
 often: a card left on the reader, or a vehicle at the barrier, is read again and again."""
+
+
+class Throttle:
+    """Yes to each key at most once every `every_s` seconds, and at once again after reset(key)."""
+
+    def __init__(self, every_s: float):
+        self.every_s = every_s
+        self._last: dict = {}
+
+    def allow(self, key=None) -> bool:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every_s:
+            return False
+        self._last[key] = now
+        return True
+
+    def reset(self, key=None) -> None:
+        self._last.pop(key, None)
 
 
 class Bus:

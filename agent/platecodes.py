@@ -25,8 +25,15 @@ PLATE_LAYOUTS = (
     (PROVINCES, LETTERS + "O", *[DIGITS] * 5, _NEW_ENERGY_CLASS),
 )
 NEW_ENERGY_LAYOUTS = PLATE_LAYOUTS[1:]
-PLATE_RE = re.compile("^(?:" + "|".join("".join(f"[{chars}]" for chars in layout)
-                                        for layout in PLATE_LAYOUTS) + ")$")
+"""The layouts a green plate can have: small and large new-energy plates, 8 characters."""
+
+
+def _layouts_re(layouts) -> re.Pattern:
+    return re.compile("^(?:" + "|".join("".join(f"[{chars}]" for chars in layout) for layout in layouts) + ")$")
+
+
+PLATE_RE = _layouts_re(PLATE_LAYOUTS)
+NEW_ENERGY_RE = _layouts_re(NEW_ENERGY_LAYOUTS)
 EMBASSY_RE = re.compile(r"^(?:\d{6}使|使\d{6}|[京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼]\d{5}领)$")
 
 COLOR_CODES = {"black": 1, "white": 2, "grey": 3, "red": 4, "blue": 5, "yellow": 6, "orange": 7,
@@ -72,8 +79,8 @@ def normalise(text: str) -> str:
 def is_valid(text: str, color: str | None = None) -> bool:
     """The text fits the GA 36 grammar, and the plate's colour where it is known: a green plate
     is a new-energy plate, 8 characters (a 7-character read of one dropped a character)."""
-    if color == "green" and len(text) != len(NEW_ENERGY_LAYOUTS[0]):
-        return False
+    if color == "green":
+        return bool(NEW_ENERGY_RE.match(text))
     return bool(PLATE_RE.match(text) or EMBASSY_RE.match(text))
 
 

@@ -82,7 +82,7 @@ class VisionProcess:
         self.events_stored = 0
         self.store_errors = 0
         self._unstored: collections.deque[Unstored] = collections.deque()
-        self._guard_asked_at: dict[str, float] = {}   # lane -> when its guard was asked about a refused read
+        self._guard_asked = topics.Throttle(topics.GUARD_ATTENTION_EVERY_S)   # by lane
 
     def start(self) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -157,12 +157,8 @@ class VisionProcess:
         """No record, so no decision will come for this vehicle while the store refuses: the
         lane's guard is asked, again at most every topics.GUARD_ATTENTION_EVERY_S while it goes on (a
         vehicle waiting at the barrier is read again and again)."""
-        now = time.monotonic()
-        last = self._guard_asked_at.get(lane, -topics.GUARD_ATTENTION_EVERY_S)
-        if self.bus is None or now - last < topics.GUARD_ATTENTION_EVERY_S:
-            return
-        self._guard_asked_at[lane] = now
-        self.bus.publish(topics.GUARD_ATTENTION, lane=lane, reason="fault", ref=None)
+        if self.bus is not None and self._guard_asked.allow(lane):
+            self.bus.publish(topics.GUARD_ATTENTION, lane=lane, reason="fault", ref=None)
 
     def _store_pending(self) -> None:
         """Store the waiting reads in order: a read that can't be stored (a full disk) waits
@@ -173,7 +169,7 @@ class VisionProcess:
             try:
                 if event.uuid is None:
                     event.uuid = self.store.add("plate_read", event.data).uuid
-                    self._guard_asked_at.pop(event.data.get("lane"), None)
+                    self._guard_asked.reset(event.data.get("lane"))
                 if event.scene:
                     self.store.add_image(event.scene, "scene", event.uuid)
                 if event.crop:

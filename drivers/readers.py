@@ -15,7 +15,6 @@ import datetime as dt
 import ctypes.util
 import logging
 import os
-import time
 from zoneinfo import ZoneInfo
 
 from agent import bus as topics
@@ -122,7 +121,7 @@ class _ReaderSubsystem:
         self.name = f"reader.{cfg.name}"
         self.not_stored = 0
         self._store_problem = ""
-        self._asked_at = -topics.GUARD_ATTENTION_EVERY_S
+        self._guard_asked = topics.Throttle(topics.GUARD_ATTENTION_EVERY_S)
 
     def start(self) -> None:
         self.poller.start()
@@ -147,12 +146,11 @@ class _ReaderSubsystem:
         except Exception as exc:
             self.not_stored += 1
             self._store_problem = str(exc)
-            now = time.monotonic()
-            if now - self._asked_at >= topics.GUARD_ATTENTION_EVERY_S:
-                self._asked_at = now
+            if self._guard_asked.allow():
                 self._ask_guard(kind, exc)
             raise
-        self._store_problem, self._asked_at = "", -topics.GUARD_ATTENTION_EVERY_S
+        self._store_problem = ""
+        self._guard_asked.reset()
         return record
 
     def _ask_guard(self, kind: str, exc: Exception) -> None:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.plates.color import plate_color
 from agent.platecodes import classify, gat1400_codes, is_valid, normalise
 
 ENGINES = ("opencv", "easyocr")
@@ -69,9 +68,8 @@ class PlateReader:
         confs = tuple(float(c) for c in raw.char_confidences)
         if len(confs) != len(text):
             confs = tuple([float(raw.confidence)] * len(text))
-        color = raw.color or plate_color(crop)
         return Reading(text=text, raw=raw.text, confidence=float(raw.confidence),
-                       char_confidences=confs, color=color, valid=is_valid(text, color))
+                       char_confidences=confs, color=raw.color, valid=is_valid(text, raw.color))
 
 
 def load_reader(engine: str = "opencv") -> PlateReader:
