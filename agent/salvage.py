@@ -34,8 +34,13 @@ from agent.sqlite_threads import is_damage
 CHUNK = 512
 REFUSED_SHOWN = 20
 
-RECORD_COLUMNS = ("uuid", "kind", "priority", "created", "time", "schema", "body", "sealed")
-IMAGE_COLUMNS = ("sha256", "role", "size", "created", "record_uuid")
+NUMBER, NULL = (int, float), type(None)
+RECORD_TYPES = {"uuid": str, "kind": str, "priority": int, "created": NUMBER, "time": str, "schema": int,
+                "body": str, "sealed": (bytes, NULL)}
+IMAGE_TYPES = {"sha256": str, "role": str, "size": int, "created": NUMBER, "record_uuid": (str, NULL)}
+"""The columns salvaged and the type of each as the store writes it (agent/store.py's schema): how
+a row of the store is known without its schema, and a salvaged row it cannot take."""
+RECORD_COLUMNS, IMAGE_COLUMNS = tuple(RECORD_TYPES), tuple(IMAGE_TYPES)
 
 PAGES_UNREADABLE = ("SQLITE_IOERR_READ", "SQLITE_IOERR_SHORT_READ")
 """SQLite errors that, like damage, cost the rows SQLite was reading: the card cannot read them."""
@@ -149,7 +154,18 @@ def _read_images(conn: sqlite3.Connection, newer: dict) -> tuple[list[tuple], in
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 SHA256 = re.compile(r"[0-9a-f]{64}\Z")
-NUMBER = (int, float)
+
+
+def misfit(values, types: dict) -> str:
+    """What in `values` (in the order of `types`) the store would not write there: a NULL where
+    it requires a value, or a value of another type ("" when all fit)."""
+    for value, (name, allowed) in zip(values, types.items()):
+        if isinstance(value, allowed) and not isinstance(value, bool):
+            continue
+        if value is None:
+            return f"its {name} is missing (NULL), which the store requires"
+        return f"its {name} is a {type(value).__name__}, not what the store holds there"
+    return ""
 
 
 class _Copies:
@@ -250,17 +266,14 @@ def _scanned(path: Path, why: str) -> Salvage:
 
 def _is_record_row(v: list) -> bool:
     """seq (NULL: the row id), uuid, kind, priority, created, time, schema, body, sealed, sent_at."""
-    return (len(v) == 10 and v[0] is None and isinstance(v[1], str) and bool(UUID.match(v[1]))
-            and v[2] in KINDS and isinstance(v[3], int) and isinstance(v[4], NUMBER)
-            and isinstance(v[5], str) and isinstance(v[6], int) and isinstance(v[7], str)
-            and (v[8] is None or isinstance(v[8], bytes)) and (v[9] is None or isinstance(v[9], NUMBER)))
+    return (len(v) == 10 and v[0] is None and not misfit(v[1:9], RECORD_TYPES) and bool(UUID.match(v[1]))
+            and v[2] in KINDS and isinstance(v[9], (*NUMBER, NULL)))
 
 
 def _is_image_row(v: list) -> bool:
     """sha256, role, size, created, record_uuid, sent_at."""
-    return (len(v) == 6 and isinstance(v[0], str) and bool(SHA256.match(v[0])) and isinstance(v[1], str)
-            and isinstance(v[2], int) and isinstance(v[3], NUMBER) and (v[4] is None or isinstance(v[4], str))
-            and (v[5] is None or isinstance(v[5], NUMBER)))
+    return (len(v) == 6 and not misfit(v[:5], IMAGE_TYPES) and bool(SHA256.match(v[0]))
+            and isinstance(v[5], (*NUMBER, NULL)))
 
 
 def describe_read(salvage: Salvage) -> list[str]:

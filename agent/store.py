@@ -30,6 +30,7 @@ from cryptography.exceptions import InvalidTag
 
 from agent.privacy import Sealer
 from agent.records import KINDS, Record, new_record, split_personal
+from agent.salvage import IMAGE_TYPES, RECORD_TYPES, misfit
 from agent.sqlite_threads import ThreadConnections, damage_before_opening, is_damage, set_aside
 
 log = logging.getLogger("gate.store")
@@ -108,28 +109,6 @@ class DamagedStore(StoreError):
 def _as_store_error(exc: sqlite3.Error, path: Path, doing: str) -> StoreError:
     kind = DamagedStore if is_damage(exc) else StoreError
     return kind(f"cannot {doing} database {path}: {exc}")
-
-
-NUMBER = (int, float)
-NONE = type(None)
-
-
-def _not_storable(**columns: tuple) -> str:
-    """What is wrong with a salvaged row, by column: a value missing (NULL) where the table
-    requires one, or of a type the store never writes there ("" when all fit)."""
-    for name, (value, types) in columns.items():
-        if isinstance(value, types) and not isinstance(value, bool):
-            continue
-        if value is None:
-            return f"its {name} is missing (NULL), which the store requires"
-        return f"its {name} is a {type(value).__name__}, not what the store holds there"
-    return ""
-
-
-def _unstorable_image(image: tuple) -> str:
-    sha256, role, size, created, record_uuid = image
-    return _not_storable(sha256=(sha256, str), role=(role, str), size=(size, int), created=(created, NUMBER),
-                         record_uuid=(record_uuid, (str, NONE)))
 
 
 class Store:
@@ -449,7 +428,7 @@ class Store:
                     report["queued"][kind] = report["queued"].get(kind, 0) + 1
                 else:
                     report["already_here"] += 1
-        images = [image for image in salvage.images if not _unstorable_image(image)]
+        images = [image for image in salvage.images if not misfit(image, IMAGE_TYPES)]
         report["images_refused"] = len(salvage.images) - len(images)
         present = [image for image in images if self.image_path(image[0]).is_file()]
         report["images_missing"] = len(images) - len(present)
@@ -490,13 +469,12 @@ class Store:
         self.state_set(REQUEUED_KEY, done)
 
     def _unsendable(self, row: tuple) -> str:
-        uuid, kind, _priority, created, rtime, schema, body, sealed = row
+        uuid, kind, *_, body, sealed = row
         if kind not in KINDS:
             return f"unknown kind {kind!r}"
-        missing = _not_storable(uuid=(uuid, str), created=(created, NUMBER), time=(rtime, str),
-                                schema=(schema, int), body=(body, str), sealed=(sealed, (bytes, NONE)))
-        if missing:
-            return missing
+        unfit = misfit(row, RECORD_TYPES)
+        if unfit:
+            return unfit
         try:
             json.loads(body)
         except ValueError:
