@@ -42,7 +42,7 @@ name = "in1"
 data_dir = "{data_dir}"
 
 [mqtt]
-url = "mqtt://127.0.0.1:1883"
+url = "mqtt://127.0.0.1:{port}"
 allow_plaintext = true
 
 [alarm]
@@ -146,7 +146,7 @@ def main() -> None:
         from agent.privacy import create_key
         create_key(tmp / "keys" / "data.key")
         create_key(tmp / "keys" / "list.key")
-        (tmp / "config.toml").write_text(CONFIG.format(data_dir=tmp / "data"))
+        (tmp / "config.toml").write_text(CONFIG.format(data_dir=tmp / "data", port=1883))
 
         import logging
         logging.basicConfig(level=logging.ERROR)

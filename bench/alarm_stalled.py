@@ -27,32 +27,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-CONFIG = """
-[device]
-id = "21010200001210000001"
-site = "bench"
+from alarm import CONFIG  # noqa: E402  (bench/alarm.py: the same gate, one button, a siren)
 
-[[lanes]]
-name = "in1"
-
-[storage]
-data_dir = "{data_dir}"
-
-[mqtt]
-url = "mqtt://127.0.0.1:{port}"
-allow_plaintext = true
-
-[alarm]
-siren = {{ pin = 24 }}
-siren_s = 1
-
-[[alarm.buttons]]
-name = "b1"
-location = "bench"
-pin = 23
-debounce_s = 0.01
-"""
 
 
 def alarms_at(platform) -> list[str]:
