@@ -219,11 +219,22 @@ def print_table(title: str, table: dict):
 
 
 # ----------------------------------------------------------------- training
+def need_export_tools() -> None:
+    """torch's ONNX export needs the onnx package, which it imports only when it exports: found
+    missing then, an hour's training would end in a traceback with no ONNX file."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise SystemExit("error: training needs the train extra (torch, onnx, easyocr): "
+                         "pip install -e '.[train]' (onnx is missing)") from None
+
+
 def train(args) -> dict:
     import torch
     from torch import nn
 
     from models.export import export_all   # here, not at the end: an export that cannot load would lose the run
+    need_export_tools()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)   # and a folder that cannot be made
 

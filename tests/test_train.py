@@ -79,3 +79,13 @@ def test_moved_edges_grow_or_cut_the_box():
     scene[70:130, 50:250] = 255
     assert tilted_cut(scene, (50, 70, 50, 70), 0, 0, (-0.1, -0.1, 0.1, 0.1)).shape[:2] == (72, 240)
     assert tilted_cut(scene, (50, 70, 50, 70), 0, 0, (0.05, 0.1, -0.05, -0.1)).shape[:2] == (48, 180)
+
+
+def test_training_without_onnx_stops_before_it_starts(tmp_path, monkeypatch):
+    """The ONNX export at the end needs onnx: missing, the run is refused at once, not lost."""
+    import sys
+    from models.train import train
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(SystemExit, match=r"pip install -e '\.\[train\]' \(onnx is missing\)"):
+        train(parse_args(["--out", str(tmp_path / "run")]))
+    assert not (tmp_path / "run").exists()
