@@ -113,11 +113,10 @@ def to_grey(crop: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
 
 
-def light_on_dark(crop: np.ndarray, color: str) -> np.ndarray:
-    """The crop in grey, inverted where its colour is one of INVERTED_COLORS, so that it looks
-    like the real plates the networks learnt from. Done at read time only: the training recipe
+def light_on_dark(grey: np.ndarray, color: str) -> np.ndarray:
+    """The grey crop inverted where its colour is one of INVERTED_COLORS, so that it looks like
+    the real plates the networks learnt from. Done at read time only: the training recipe
     (models/train.py) sees crops as they are, so the shipped weights still reproduce from it."""
-    grey = to_grey(crop)
     return 255 - grey if color in INVERTED_COLORS else grey
 
 
@@ -296,7 +295,7 @@ class Recognizer:
         ways and the reading that fits the plate grammar (then the surer one) wins."""
         if rows not in (None, 1, 2):
             raise ValueError(f"rows must be None, 1 or 2, not {rows!r}")
-        to_grey(crop_bgr)   # refuses what is not an image, before anything looks at its colour
+        grey = to_grey(crop_bgr)   # refuses what is not an image, before anything looks at its colour
         color = plate_color(crop_bgr) if crop_bgr.ndim == 3 else ""
         if rows is None:
             h, w = crop_bgr.shape[:2]
@@ -304,8 +303,7 @@ class Recognizer:
             if w / max(1, h) < DOUBLE_ROW_MAX_ASPECT and color not in ("blue", "green"):
                 rows = 0
         layouts = (1, 2) if rows == 0 else (rows,)
-        grey = light_on_dark(crop_bgr, color)
-        images = np.stack([preprocess(grey, r) for r in layouts])
+        images = np.stack([preprocess(light_on_dark(grey, color), r) for r in layouts])
         decoded, logits = self._infer(images)
         reads = [PlateRead(normalise(t), c, cc, r, color=color) for (t, c, cc), r in zip(decoded, layouts)]
         best = max(reads, key=lambda r: (is_valid(r.text, color), r.confidence))
