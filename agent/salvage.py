@@ -103,8 +103,7 @@ def _through_sqlite(path: Path, wal: "_WalCopies | None") -> Salvage:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
     except sqlite3.Error as exc:
-        if _matches(exc, NOT_NOW):
-            raise SalvageRetry(str(exc)) from None
+        _raise_if_not_now(exc)
         raise SalvageError(f"SQLite cannot open {path}: {exc}") from None
     try:
         last = _last_rowid(conn, "records", "seq")

@@ -438,3 +438,15 @@ def test_a_requeue_the_live_store_cannot_take_now_waits_and_is_not_counted_as_a_
         assert "requeue waits" not in housekeeping.health()["detail"]
     finally:
         store.close()
+
+
+def test_a_store_the_card_cannot_read_at_open_is_read_page_by_page(old_store, monkeypatch):
+    """An I/O error reading the file is the card, not a lock: waiting for the next purge would
+    never end; the pages that can be read are."""
+    def failing_card(*args, **kwargs):
+        exc = sqlite3.OperationalError("disk I/O error")
+        exc.sqlite_errorname = "SQLITE_IOERR_READ"
+        raise exc
+    monkeypatch.setattr(salvage_module.sqlite3, "connect", failing_card)
+    salvage = read_unsent(old_store["path"])
+    assert "disk I/O error" in salvage.scanned and len(salvage.records) == 2002
