@@ -144,27 +144,12 @@ class Store:
         damage = damage_before_opening(self.path)
         if damage:
             raise DamagedStore(f"cannot open database {self.path}: {damage}")
-        if not self.path.exists():
-            self._drop_stale_mark()
         try:
             self._migrate()
         except StoreError:
             self.close()
             raise
         self._keep_reserve()
-
-    def _drop_stale_mark(self) -> None:
-        """A DAMAGE_MARK with no gate.db beside it (the file deleted by hand) names damage gone
-        with that file: left there, it would have the new store set aside at the next start."""
-        mark = self.dir / DAMAGE_MARK
-        if not mark.exists():
-            return
-        log.warning("%s is there but %s is not: the damage it names went with that file; removing it",
-                    mark, self.path)
-        try:
-            mark.unlink()
-        except OSError as exc:
-            log.error("cannot remove %s: %s", mark, exc.strerror)
 
     # --- connections -----------------------------------------------------------
 
@@ -633,7 +618,9 @@ def open_store(config, sealer: Sealer | None = None, *, set_aside_damaged: bool 
     so: a gate that will not start leaves its alarm buttons unheard, and the
     file set aside keeps what it held for an installer to recover."""
     mark = Path(config.storage.data_dir) / DAMAGE_MARK
-    if set_aside_damaged and mark.exists() and (mark.parent / "gate.db").exists():
+    if mark.exists() and not (mark.parent / "gate.db").exists():
+        _drop_stale_mark(mark)
+    if set_aside_damaged and mark.exists():
         damage = DamagedStore(f"damage found while the agent ran: {mark.read_text().strip()}")
     else:
         try:
@@ -650,6 +637,16 @@ def open_store(config, sealer: Sealer | None = None, *, set_aside_damaged: bool 
                         "detail": f"{damage}; set aside as {moved.name} and a new store started (its "
                                   f"unsent records: gate-agent sync requeue {moved.name})"})
     return store
+
+
+def _drop_stale_mark(mark: Path) -> None:
+    """A DAMAGE_MARK with no gate.db beside it (the file deleted by hand) names damage gone with
+    that file: left there, it would have the new store set aside at the next start."""
+    log.warning("%s is there but gate.db is not: the damage it names went with that file; removing it", mark)
+    try:
+        mark.unlink()
+    except OSError as exc:
+        log.error("cannot remove %s: %s", mark, exc.strerror)
 
 
 def _store(config, sealer: Sealer | None) -> Store:

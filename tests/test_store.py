@@ -510,4 +510,4 @@ def test_a_damage_mark_without_its_store_is_removed_not_acted_on(tmp_path, caplo
         finally:
             store.close()
         assert damaged_files(data) == [] and not (data / DAMAGE_MARK).exists()
-    assert f"{data / DAMAGE_MARK} is there but {data / 'gate.db'} is not" in caplog.text
+    assert f"{data / DAMAGE_MARK} is there but gate.db is not" in caplog.text
