@@ -135,7 +135,7 @@ class Housekeeping:
                 problem = (f"reading it was begun {begun - 1} times and never finished (the agent "
                            f"stopped while reading it: the card failing under it?)")
                 detail = f"{path.name}: {problem}; nothing requeued, the file is kept for the platform's operators"
-                self.store.mark_requeued(path.name, {"queued": 0, "problem": problem, "never_finished": True})
+                self.store.mark_requeued(path.name, {"queued": 0, "problem": problem, "never_finished": begun - 1})
             else:
                 detail = self._read_and_requeue(path)
         finally:

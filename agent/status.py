@@ -75,7 +75,8 @@ def _set_aside_lines(report: dict) -> list[str]:
 
 def _recovery(name: str, requeued: dict | None) -> str:
     if requeued and requeued.get("never_finished"):
-        return "its reading never finished, tried at three starts: keep it for the platform's operators"
+        return (f"its reading never finished, begun at {requeued['never_finished']} starts: keep it for "
+                "the platform's operators")
     if requeued and requeued.get("problem"):
         return "nothing could be read from it: keep it for the platform's operators"
     if requeued:

@@ -409,7 +409,7 @@ def test_a_set_aside_store_whose_reading_never_finished_is_left_alone(config, ol
     assert "nothing requeued, the file is kept" in fault["detail"]
     assert agent_requeues(config) == []
     status = run_cli("--config", config.path, "status")
-    assert f"DAMAGED DATABASE SET ASIDE: {old_store['name']} (its reading never finished" in status.stdout
+    assert f"DAMAGED DATABASE SET ASIDE: {old_store['name']} (its reading never finished, begun at 3 starts" in status.stdout
 
 
 def test_a_requeue_the_live_store_cannot_take_now_waits_and_is_not_counted_as_a_crash(config, old_store,
