@@ -3,8 +3,23 @@ does to one of them."""
 from __future__ import annotations
 
 import os
+import sqlite3
+from contextlib import contextmanager
 
 PAGE = 4096
+
+
+@contextmanager
+def card_stalled(path):
+    """Another connection holds the database's write lock, as a stalled SD card holds a commit:
+    every write waits for SQLite's busy timeout until the block ends (reads go on: WAL)."""
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
 
 
 def fill_with_badge_reads(store, n: int) -> None:

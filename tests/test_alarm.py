@@ -15,6 +15,7 @@ from agent.config import load
 from agent.gate import Gate
 from agent.store import Store
 from conftest import run_cli
+from damage import card_stalled
 from gpio_rig import GPIO_ONLY, ClosedContactPin, Recorder, make_gate, release, subsystem, wait_for
 from hil.broker import Mosquitto, Subscriber
 
@@ -207,19 +208,6 @@ def test_alarm_not_stored_is_kept_retried_and_the_siren_still_sounds(gate, facto
     wait_for(lambda: subsystem(gate, "alarm").health()["state"] == "ok")
 
 
-@contextlib.contextmanager
-def card_stalled(store):
-    """Another connection holds the write lock, as a stalled SD card holds a commit: every
-    write waits for SQLite's busy timeout until the block ends."""
-    blocker = sqlite3.connect(store.path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
-
-
 def test_a_press_is_sent_from_memory_while_a_retried_write_is_stuck(gate, factory, monkeypatch):
     """The retry of a refused alarm hangs on the stalled card; the next press must still be
     handed to the sync at once, not after the retry's busy timeout."""
@@ -233,7 +221,7 @@ def test_a_press_is_sent_from_memory_while_a_retried_write_is_stuck(gate, factor
         return real_put(record)
     monkeypatch.setattr(gate.store, "put", put)
     handed = Recorder(gate.bus, topics.ALARM_UNSTORED)
-    with card_stalled(gate.store):
+    with card_stalled(gate.store.path):
         press(factory)                                     # refused: kept in memory, retried
         assert retrying.wait(5), "the refused alarm was not retried"
         factory.pin(NC_PIN).drive_high()     # the edge thread, as on a Pi: it must not be held
@@ -256,7 +244,7 @@ def test_edges_are_seen_while_the_card_stalls_the_alarm_writes(gate, factory):
         press(factory)
         factory.pin(NC_PIN).drive_high()
         pressed.set()
-    with card_stalled(gate.store):
+    with card_stalled(gate.store.path):
         threading.Thread(target=edge_thread, daemon=True).start()
         assert pressed.wait(3), "the edge thread waited for the store"
         buttons = wait_for(lambda: {e["record"].data["button"] for e in handed.events} >= {"b1", "b2"}

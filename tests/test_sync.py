@@ -4,6 +4,7 @@ import json
 import logging
 import subprocess
 import time
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
@@ -18,6 +19,7 @@ from agent.sync import SyncEngine, SyncSubsystem
 from agent.topics import Topics
 from hil.broker import PKI, Mosquitto, Subscriber, tls_listener
 from tests.conftest import MINIMAL, run_cli
+from tests.damage import card_stalled
 
 DEVICE, SITE = "21010200001210000001", "test-site"
 TOPICS = Topics("gate", SITE, DEVICE)
@@ -430,49 +432,45 @@ def platform_has(sub, uuid, timeout):
     return sub.wait_for(lambda m: any(json.loads(p)["uuid"] == uuid for t, p, _ in m if "/records/" in t), timeout)
 
 
-def test_an_alarm_held_in_memory_reaches_a_returning_broker_without_waiting_out_the_backoff(setup):
-    """Not in the outbox, so the outbox says no alarm waits: the link must ask the sync's memory
-    too, or it reconnects only when its backoff (here 10-20 s) is over."""
+@contextmanager
+def platform_and_engine(setup, **backoff):
+    """A broker that keeps the platform's session over its restarts, the platform subscribed,
+    and a started engine with a bus of its own: (broker, subscriber, store, bus, engine)."""
     broker = Mosquitto(persistent=True)
     with broker, Subscriber(broker.port, "gate/+/+/records/#", session="platform") as sub:
         cfg, store = setup(broker.port)
         bus = Bus()
-        engine = SyncEngine(cfg, store, bus, downlink=False, backoff_start=20, backoff_max=20)
-        broker.stop()
+        engine = SyncEngine(cfg, store, bus, downlink=False, **backoff)
         engine.start()
         try:
-            assert wait_until(lambda: engine.link.condition == "unreachable")
-            alarm = alarm_held_in_memory(bus)
-            time.sleep(1.0)
-            broker.start()
-            assert platform_has(sub, alarm.uuid, 3), "the alarm waited for the backoff"
+            yield broker, sub, store, bus, engine
         finally:
             engine.stop()
+
+
+def test_an_alarm_held_in_memory_reaches_a_returning_broker_without_waiting_out_the_backoff(setup):
+    """Not in the outbox, so the outbox says no alarm waits: the link must ask the sync's memory
+    too, or it reconnects only when its backoff (here 10-20 s) is over."""
+    with platform_and_engine(setup, backoff_start=20, backoff_max=20) as (broker, sub, store, bus, engine):
+        assert wait_until(lambda: engine.link.connected)
+        broker.stop()
+        assert wait_until(lambda: engine.link.condition == "unreachable")
+        alarm = alarm_held_in_memory(bus)
+        time.sleep(1.0)
+        broker.start()
+        assert platform_has(sub, alarm.uuid, 3), "the alarm waited for the backoff"
 
 
 def test_the_link_never_waits_for_a_stalled_card_to_save_its_state(setup):
     """The link's state goes into the store when the link changes; on a stalled card that write
     waits seconds. The link thread (paho's network loop: it carries the alarms sent from memory)
     must not wait with it."""
-    import sqlite3
-    broker = Mosquitto(persistent=True)
-    with broker, Subscriber(broker.port, "gate/+/+/records/#", session="platform") as sub:
-        cfg, store = setup(broker.port)
-        bus = Bus()
-        engine = SyncEngine(cfg, store, bus, downlink=False, backoff_start=0.1, backoff_max=0.4)
-        engine.start()
-        stall = sqlite3.connect(store.path, isolation_level=None)
-        try:
-            assert wait_until(lambda: engine.link.connected)
-            stall.execute("BEGIN IMMEDIATE")
+    with platform_and_engine(setup, backoff_start=0.1, backoff_max=0.4) as (broker, sub, store, bus, engine):
+        assert wait_until(lambda: engine.link.connected)
+        with card_stalled(store.path):
             broker.stop()
             assert wait_until(lambda: engine.link.condition == "unreachable")
             alarm = alarm_held_in_memory(bus)
             broker.start()
             assert platform_has(sub, alarm.uuid, 3), "the link waited for the store"
-        finally:
-            if stall.in_transaction:
-                stall.execute("ROLLBACK")
-            stall.close()
-            engine.stop()
-        assert store.state_get("sync", {}).get("state") == "stopped"
+    assert store.state_get("sync", {}).get("state") == "stopped"
