@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from agent.plates.color import plate_color, plate_color_code
+from agent.plates.detect import Detector
 from agent.platecodes import ALPHABET, PLATE_LAYOUTS, edit_distance, is_valid, layouts_for, normalise
 
 MODEL_DIR = Path(__file__).resolve().parent
@@ -61,6 +62,11 @@ SECOND_OPINION_DIR = "second"
 # synthetic plates as they are, and inverted, synthetic scenes' yellow plates read 95.9 ->
 # 71.6 % and white 87.5 -> 6.2 %.
 INVERTED_COLORS = ("green",)
+# A crop squarer than this (w/h) is squarer than any plate, double-row ones (2:1) included: a
+# loose cut with the plate somewhere inside (a hand-cut photo, a lane's fixed region). Unless it
+# reads as a sure plate as it is, the plate is looked for in it (agent.plates.detect) and read
+# where found. Tight crops of tilted plates are as square, but read sure as they are.
+LOOSE_CROP_MAX_ASPECT = 1.8
 
 
 class ModelFilesError(RuntimeError):
@@ -281,6 +287,14 @@ def is_sure_plate(read: PlateRead) -> bool:
     return is_valid(read.text, read.color) and min(read.char_confidences, default=0.0) >= SECOND_OPINION_BELOW
 
 
+LOOSE_CROP_DETECTOR = Detector(max_plates=2)   # the pipeline's detector (thread-safe: no state between calls)
+
+
+def plates_in(loose_crop: np.ndarray) -> list[np.ndarray]:
+    """The flat crops of the (at most two) plates the detector finds in a loose crop, best first."""
+    return [found.crop for found in LOOSE_CROP_DETECTOR.detect(loose_crop)]
+
+
 # ----------------------------------------------------------------- engines
 class Recognizer:
     """Reads a plate crop. Subclasses provide `_infer(images uint8 N x 32 x 128) -> [(text, conf, confs)]`
@@ -292,7 +306,23 @@ class Recognizer:
     def read(self, crop_bgr: np.ndarray, rows: int | None = None) -> PlateRead:
         """Read one plate crop (BGR or grey). rows=None decides single/double row by itself:
         a wide crop is single-row; a squarer one that is not blue or green is read both
-        ways and the reading that fits the plate grammar (then the surer one) wins."""
+        ways and the reading that fits the plate grammar (then the surer one) wins. A colour
+        crop squarer than any plate (LOOSE_CROP_MAX_ASPECT) that does not read as a sure plate
+        as it is is a loose cut: the plate is looked for in it, and a read of a plate found
+        there that fits the grammar wins over the whole crop's unless that is the surer plate."""
+        read = self.read_as_is(crop_bgr, rows)
+        h, w = crop_bgr.shape[:2]
+        if rows is not None or crop_bgr.ndim != 3 or w >= LOOSE_CROP_MAX_ASPECT * h or is_sure_plate(read):
+            return read
+        for found in plates_in(crop_bgr):
+            candidate = self.read_as_is(found)
+            if is_valid(candidate.text, candidate.color) and (
+                    not is_valid(read.text, read.color) or candidate.confidence > read.confidence):
+                read = candidate
+        return read
+
+    def read_as_is(self, crop_bgr: np.ndarray, rows: int | None = None) -> PlateRead:
+        """`read` without looking for a plate inside a loose crop: the crop is the plate."""
         if rows not in (None, 1, 2):
             raise ValueError(f"rows must be None, 1 or 2, not {rows!r}")
         grey = to_grey(crop_bgr)   # refuses what is not an image, before anything looks at its colour
@@ -415,6 +445,6 @@ def char_accuracy(pred: str, truth: str) -> float:
     return max(0.0, 1 - edit_distance(pred, truth) / max(1, len(truth)))
 
 
-__all__ = ["PlateRead", "Recognizer", "load_recognizer", "plate_color", "plate_color_code", "preprocess",
+__all__ = ["PlateRead", "Recognizer", "load_recognizer", "plates_in", "plate_color", "plate_color_code", "preprocess",
            "ModelFilesError", "check_manifest", "light_on_dark", "ctc_decode", "ctc_best_path_as", "fit_to_grammar", "refit",
            "char_accuracy"]

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import need_plates
 from models import synth
-from models.dataset import is_held_out, load_folder
+from models.dataset import is_held_out, load_folder, load_loose
 from agent.platecodes import is_valid
 from models.recognizer import (MODEL_DIR, ModelFilesError, char_accuracy, light_on_dark, load_recognizer,
                                plate_color, plate_color_code, to_grey)
@@ -163,6 +163,55 @@ def test_single_row_yellow_plate_is_not_split(opencv):
     assert read.rows == 1 and read.text[1:] == "C12345", read   # the province: see the accuracy test
 
 
+def synthetic_loose_cuts(n=8):
+    """Scenes cut loose around their plate (1.3:1, the plate 80 % of the cut's width)."""
+    cuts = []
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        text, kind = synth.random_plate(rng, "small")
+        frame, found = synth.render_scene([(text, kind)], rng)
+        x1, y1, x2, y2 = found[0]["box"]
+        w = x2 - x1
+        top = (y1 + y2) // 2 - int(w / 2.6)
+        if top < 0 or top + int(w / 1.3) > frame.shape[0] or x1 - w // 8 < 0 or x2 + w // 8 > frame.shape[1]:
+            continue
+        cuts.append((frame[top:top + int(w / 1.3), x1 - w // 8:x2 + w // 8], text))
+        if len(cuts) == n:
+            return cuts
+    raise AssertionError("too few synthetic scenes leave room for a loose cut")
+
+
+def test_a_loose_cut_is_read_where_its_plate_is(opencv):
+    cuts = synthetic_loose_cuts()
+    located = sum(opencv.read(cut).text == text for cut, text in cuts)
+    as_is = sum(opencv.read_as_is(cut).text == text for cut, text in cuts)
+    assert located >= len(cuts) - 1 and as_is <= len(cuts) // 2, (located, as_is)
+
+
+def test_real_loose_cuts_are_read_where_their_plate_is(opencv):
+    folder = need_plates() / "ccpd_subdataset_julienkolani"
+    cuts = [s for s in load_loose(folder) if is_held_out(folder.name, s.file)][:40]
+    assert len(cuts) >= 30 and all(s.image.shape[1] < 1.8 * s.image.shape[0] for s in cuts)
+    located = sum(opencv.read(s.image).text == s.text for s in cuts)
+    as_is = sum(opencv.read_as_is(s.image).text == s.text for s in cuts)
+    assert located >= 0.95 * len(cuts) and as_is < 0.3 * len(cuts), (located, as_is, len(cuts))
+
+
+def test_a_plate_crop_is_not_searched(opencv, monkeypatch):
+    """Only a crop squarer than any plate is looked into, and only when it is no sure plate as it
+    is: a tight crop, and one the caller gave its rows, are read as they are."""
+    import models.recognizer as recognizer
+    searched = []
+    monkeypatch.setattr(recognizer, "plates_in", lambda crop: searched.append(crop.shape) or [])
+    tight, _ = synth.render_plate("京A12345", "small", np.random.default_rng(4))
+    assert opencv.read(tight).text == "京A12345"
+    cut, text = synthetic_loose_cuts(1)[0]
+    assert opencv.read(cut, rows=1) == opencv.read_as_is(cut, rows=1)
+    assert searched == []
+    opencv.read(cut)
+    assert searched == [cut.shape]
+
+
 def test_easyocr_gives_the_same_text(opencv, held_out):
     pytest.importorskip("easyocr", reason="easyocr not installed: pip install -e .[easyocr] (CI installs it)")
     easy = load_recognizer("easyocr")
@@ -171,6 +220,13 @@ def test_easyocr_gives_the_same_text(opencv, held_out):
     b = [easy.read(s.image) for s in sample]
     assert [(r.text, r.second_opinion) for r in a] == [(r.text, r.second_opinion) for r in b]
     assert any(r.second_opinion for r in a)
+
+
+def test_easyocr_reads_loose_cuts_alike(opencv):
+    pytest.importorskip("easyocr", reason="easyocr not installed: pip install -e .[easyocr] (CI installs it)")
+    easy = load_recognizer("easyocr")
+    cuts = synthetic_loose_cuts(4)
+    assert [opencv.read(cut).text for cut, _ in cuts] == [easy.read(cut).text for cut, _ in cuts]
 
 
 def test_both_engines_refit_from_the_same_network_output(opencv, held_out):
