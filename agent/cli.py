@@ -1,6 +1,8 @@
 """The `gate-agent` command: a thin click layer over the agent library."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import sqlite3
 import sys
@@ -30,7 +32,44 @@ def load_config(ctx: click.Context, check_files: bool = True) -> configmod.Confi
         raise UserError(str(exc)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Each area's commands, by name: their modules import this one (UserError, load_config), so
+# they are imported when their command is asked for, not when this module is. A module not
+# installed (hil/ on a device built without the rig) leaves its command out.
+AREA_COMMANDS = {
+    "sync": "agent.sync_cli",
+    "reader": "drivers.reader_cli",
+    "plates": "agent.plates_cli",
+    "lists": "agent.lists_cli",
+    "drill": "agent.alarm_cli",
+    "provision": "provisioning.cli",
+    "selftest": "provisioning.cli",
+    "hil": "hil.cli",
+    "demo": "hil.demo",
+}
+
+
+class GateAgentGroup(click.Group):
+    """The top-level group, with the areas' commands (AREA_COMMANDS) loaded when asked for."""
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | {name for name, module in AREA_COMMANDS.items()
+                                                          if _installed(module)})
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None or name not in AREA_COMMANDS or not _installed(AREA_COMMANDS[name]):
+            return command
+        return getattr(importlib.import_module(AREA_COMMANDS[name]), name)
+
+
+def _installed(module_name: str) -> bool:
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except ModuleNotFoundError:   # its package is not installed
+        return False
+
+
+@click.group(cls=GateAgentGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               envvar="GATE_AGENT_CONFIG", default=str(configmod.DEFAULT_PATH), show_default=True,
               help="Config file (TOML).")
@@ -131,35 +170,6 @@ def run(ctx, simulate):
     from agent.runner import run_gate
     cfg = load_config(ctx)
     raise SystemExit(run_gate(cfg, simulate=simulate))
-
-
-# Areas add their commands here; a module not built yet is left out of the CLI.
-COMMAND_MODULES = [
-    ("agent.sync_cli", "sync"),
-    ("drivers.reader_cli", "reader"),
-    ("agent.plates_cli", "plates"),
-    ("agent.lists_cli", "lists"),
-    ("agent.alarm_cli", "drill"),
-    ("provisioning.cli", "provision"),
-    ("provisioning.cli", "selftest"),
-    ("hil.cli", "hil"),
-    ("hil.demo", "demo"),
-]
-
-
-def _add_area_commands() -> None:
-    import importlib
-    for module_name, attr in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        cli.add_command(getattr(module, attr))
-
-
-_add_area_commands()
 
 
 def main() -> None:
