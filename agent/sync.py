@@ -289,12 +289,17 @@ class SyncEngine:
         return all(t.is_alive() for t in self._threads) and bool(self._threads)
 
     def _guard(self, target) -> None:
+        """Run one of the sync's threads; one that dies says so in the link's state. Only a dying
+        committer writes that state itself: any other leaves it to the committer, so that it ends
+        at once (the supervisor restarts a sync whose threads are not all alive) rather than
+        after the write waited out a stalled card."""
         try:
             target()
         except Exception:
             log.exception("sync thread %s died", threading.current_thread().name)
             self._set_link(FAULT, "crashed", f"{threading.current_thread().name} thread died")
-            self._save_state()   # the committer may be the one that died
+            if target == self._commit_loop:
+                self._save_state()
 
     def _set_link(self, state: str, condition: str, detail: str, connected: bool | None = None) -> None:
         changed = (state, condition, detail) != (self.link.state, self.link.condition, self.link.detail)

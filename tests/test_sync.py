@@ -3,6 +3,7 @@ import hashlib
 import json
 import logging
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ from agent.housekeeping import Housekeeping
 from agent.privacy import Sealer, load_key
 from agent.records import new_record
 from agent.store import DiskFull, open_store
+from agent.supervisor import FAULT
 from agent.sync import SyncEngine, SyncSubsystem
 from agent.topics import Topics
 from hil.broker import PKI, Mosquitto, Subscriber, tls_listener
@@ -474,3 +476,28 @@ def test_the_link_never_waits_for_a_stalled_card_to_save_its_state(setup):
             broker.start()
             assert platform_has(sub, alarm.uuid, 3), "the link waited for the store"
     assert store.state_get("sync", {}).get("state") == "stopped"
+
+
+def test_a_dying_thread_is_seen_dead_at_once_while_the_card_stalls(setup):
+    """The supervisor restarts a sync whose threads are not all alive: a dying thread must not
+    first wait out a stalled card (busy timeout 30 s) to write its fault; the committer writes it."""
+    broker = Mosquitto()
+    with broker:
+        cfg, store = setup(broker.port)
+        engine = SyncEngine(cfg, store, Bus(), downlink=False)
+        die = threading.Event()
+
+        def pump_with_a_bug():
+            die.wait()
+            raise RuntimeError("a bug in the pump")
+        engine._pump_loop = pump_with_a_bug
+        engine.start()
+        try:
+            assert wait_until(lambda: engine.link.connected)
+            with card_stalled(store.path):
+                die.set()
+                assert wait_until(lambda: not engine.alive, 3), "the dying pump waited for the card"
+                assert (engine.link.state, engine.link.condition) == (FAULT, "crashed")
+            assert wait_until(lambda: store.state_get("sync", {}).get("condition") == "crashed", 40)
+        finally:
+            engine.stop()
