@@ -291,8 +291,9 @@ LOOSE_CROP_DETECTOR = Detector(max_plates=2)   # the pipeline's detector (thread
 
 
 def plates_in(loose_crop: np.ndarray) -> list[np.ndarray]:
-    """The flat crops of the (at most two) plates the detector finds in a loose crop, best first."""
-    return [found.crop for found in LOOSE_CROP_DETECTOR.detect(loose_crop)]
+    """The flat crops of the (at most two) plates the detector finds in a loose crop (BGR or
+    BGRA), best first."""
+    return [found.crop for found in LOOSE_CROP_DETECTOR.detect(np.ascontiguousarray(loose_crop[..., :3]))]
 
 
 # ----------------------------------------------------------------- engines

@@ -186,6 +186,8 @@ def test_a_loose_cut_is_read_where_its_plate_is(opencv):
     located = sum(opencv.read(cut).text == text for cut, text in cuts)
     as_is = sum(opencv.read_as_is(cut).text == text for cut, text in cuts)
     assert located >= len(cuts) - 1 and as_is <= len(cuts) // 2, (located, as_is)
+    cut = cuts[0][0]
+    assert opencv.read(cv2.cvtColor(cut, cv2.COLOR_BGR2BGRA)) == opencv.read(cut)   # a PNG with alpha
 
 
 def test_real_loose_cuts_are_read_where_their_plate_is(opencv):
