@@ -3,6 +3,7 @@ does to one of them."""
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 from contextlib import contextmanager
 
@@ -20,6 +21,12 @@ def card_stalled(path):
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
+
+
+def garbage(size: int) -> bytes:
+    """`size` bytes of noise, the same every run: where a test counts broken pages, noise that
+    happens to start like a b-tree page (about one page in sixty of os.urandom's) is one more."""
+    return random.Random(size).randbytes(size)
 
 
 def fill_with_badge_reads(store, n: int) -> None:

@@ -9,7 +9,7 @@ import sqlite3
 
 from agent.salvage import read_unsent
 from agent.sqlite_pages import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, Scan, scan_rows
-from damage import PAGE, fill_with_badge_reads
+from damage import PAGE, fill_with_badge_reads, garbage
 
 
 def failing_reads_at(monkeypatch, offsets: set[int]) -> list[int]:
@@ -30,7 +30,7 @@ def test_a_page_the_card_cannot_read_is_counted_broken_and_the_rest_comes_back(s
     store.close()
     path = store.path
     data = bytearray(path.read_bytes())
-    data[:PAGE] = os.urandom(PAGE)                       # SQLite can read nothing: page by page
+    data[:PAGE] = garbage(PAGE)                          # SQLite can read nothing: page by page
     path.write_bytes(data)
     bad_page = data.index(b'"badge": "001000"') // PAGE
     failed = failing_reads_at(monkeypatch, {bad_page * PAGE})
