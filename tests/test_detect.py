@@ -8,7 +8,7 @@ import pytest
 
 from agent.plates.detect import (COLOR_RANGES, EXTENT_GAP, STRICTER, Detection, Detector, _colour_run, _enclosing,
                                  _closed_then_opened, _expand, _in_range, _plate_shaped, _suppress, _text_block, box_iou, extend_to_colour,
-                                 fit_to_text, order_corners, rectify)
+                                 fit_to_text, order_corners, raise_pale_top, rectify, take_yellow_head)
 from tests.conftest import need_plates
 
 
@@ -392,3 +392,62 @@ def test_a_plate_of_round_characters_is_found():
     image, row = real_scene("ccpd_subdataset_julienkolani", "039540229885-")
     found = Detector().detect(image)
     assert found and max(box_iou(d.box, labelled_box(row)) for d in found) >= 0.7, [d.box for d in found]
+
+
+def synthetic_plates_found(kind: str, n: int = 12):
+    """(truth, the detection overlapping it best or None) for n synthetic scenes of one plate."""
+    from models.synth import random_plate, render_scene
+    rng = np.random.default_rng(5)
+    found = []
+    for _ in range(n):
+        image, truth = render_scene([random_plate(rng, kind)], rng)
+        best = max(Detector().detect(image), key=lambda d: box_iou(d.box, truth[0]["box"]), default=None)
+        found.append((truth[0], best))
+    return found
+
+
+def read_right(found) -> int:
+    from models.recognizer import load_recognizer
+    reader = load_recognizer("opencv")
+    return sum(d is not None and reader.read(d.crop).text == t["text"] for t, d in found)
+
+
+def mean_iou(found) -> float:
+    return float(np.mean([box_iou(d.box, t["box"]) if d else 0.0 for t, d in found]))
+
+
+def test_a_new_energy_plate_is_found_to_its_pale_top(monkeypatch):
+    """Its ground fades from green at the foot to nearly white at the head: the green mask
+    holds only the lower part, and a plate cut there reads its province as another."""
+    grown = synthetic_plates_found("small_new_energy")
+    monkeypatch.setattr("agent.plates.detect.raise_pale_top", lambda quad: quad)
+    cut = synthetic_plates_found("small_new_energy")
+    assert mean_iou(grown) > mean_iou(cut) + 0.05, (mean_iou(grown), mean_iou(cut))
+    assert read_right(grown) >= max(8, read_right(cut) + 3), (read_right(grown), read_right(cut))
+
+
+def test_a_large_new_energy_plate_is_found_with_its_yellow_head(monkeypatch):
+    """Yellow under the province and letter, green from there on."""
+    whole = synthetic_plates_found("large_new_energy")
+    monkeypatch.setattr("agent.plates.detect.take_yellow_head", lambda frame, quad: quad)
+    headless = synthetic_plates_found("large_new_energy")
+    assert mean_iou(whole) > mean_iou(headless) + 0.1, (mean_iou(whole), mean_iou(headless))
+    assert read_right(whole) >= max(7, read_right(headless) + 5), (read_right(whole), read_right(headless))
+
+
+def test_a_green_plate_on_a_yellow_car_is_not_lengthened_into_the_car():
+    scene = np.full((720, 1280, 3), 90, np.uint8)
+    cv2.rectangle(scene, (150, 150), (1130, 650), (0, 200, 230), -1)
+    corners = tilted_corners(640, 420, 300, 0, aspect=480 / 140)
+    frame = scene_with(drawn_plate(bg=(60, 200, 60), ink=(20, 20, 20), size=(480, 140)), corners, scene=scene)
+    assert np.array_equal(take_yellow_head(frame, corners), corners)
+
+
+def test_a_green_quad_as_high_as_a_plate_is_not_raised():
+    corners = tilted_corners(640, 420, 300, 5, aspect=480 / 140)
+    assert np.array_equal(raise_pale_top(corners), corners)
+    flat = tilted_corners(640, 420, 300, 5, aspect=480 / 90)
+    raised = raise_pale_top(flat)
+    assert np.allclose(raised[2:], flat[2:])                  # the foot stays
+    height = np.linalg.norm(raised[3] - raised[0])
+    assert height == pytest.approx(300 / (480 / 140), rel=0.02)
