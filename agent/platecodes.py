@@ -54,11 +54,15 @@ def normalise(text: str) -> str:
     The serial never uses I or O, so those read there become 1 and 0. For
     8-character new-energy plates the last four are digits, and on a small one
     (it ends in a digit, not D/F) a 0 read third is the D it looks like. The
-    second character is a letter (O is kept: 粤O exists).
+    second character is a letter (O is kept: 粤O exists), except on embassy and
+    consulate plates (使 or 领), which are all digits but for the 使, the 领 and
+    a consulate's province.
     """
     text = "".join(ch for ch in text.upper() if ch not in " ·.-•_")
     if len(text) < 2:
         return text
+    if text.startswith("使") or text.endswith(("使", "领")):
+        return "".join(ch if ch in "使领" or ch in PROVINCES else _TO_DIGIT.get(ch, ch) for ch in text)
     chars = list(text)
     if chars[1] in _TO_LETTER:
         chars[1] = _TO_LETTER[chars[1]]

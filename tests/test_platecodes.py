@@ -21,6 +21,11 @@ SPEC_EXPRESSION = re.compile(
     ("皖AD19S8B", "皖AD19588"),
     ("粤B12345D", "粤B12345D"),          # large new-energy: five digits then D/F
     ("粤BS234QF", "粤B52340F"),
+    ("使257973", "使257973"),            # embassy and consulate plates: digits but for 使/领
+    ("使Z5797S", "使257975"),            # and a consulate's province
+    ("2S7973使", "257973使"),
+    ("湘52573领", "湘52573领"),
+    ("湘S2O73领", "湘52073领"),
 ])
 def test_position_fixes(read, expected):
     assert normalise(read) == expected
