@@ -17,6 +17,10 @@ second is asked only when the first is unsure (its read fits no plate grammar, o
 character is below SECOND_OPINION_BELOW), and then the two networks' log-probabilities
 are averaged and decoded. The two miss different crops, so the pair misses fewer than
 either, at the cost of a second run on about one crop in eight.
+
+A crop squarer than any plate is a loose cut (a photo, a lane's fixed region): unless it
+reads as a sure plate as it is, the pipeline's detector looks for the plate in it first.
+`read_as_is` reads a crop as the plate, without looking.
 """
 from __future__ import annotations
 
