@@ -172,7 +172,8 @@ def main(argv=None):
         try:
             out = run_engine(name, samples, args.stock_limit, args.model_dir)
         except ImportError as exc:
-            print(f"\n== {name}: skipped, not installed ({exc})")
+            need = "pip install -e '.[train]'" if name == "stock" else "pip install -e '.[easyocr]'"
+            print(f"\n== {name}: skipped, not installed ({exc}); {need} installs it")
             continue
         result[name] = report(name, *out)
     loose = load(args.data, args.split, load_loose) if "opencv" in result else []
