@@ -275,31 +275,44 @@ def extend_to_colour(frame: np.ndarray, quad: np.ndarray, color: str) -> np.ndar
     value inside the quad: a darker bumper or frame of the same hue stays out). A side
     is lengthened only when the colour ends within MAX_PLATE_ASPECT of the quad's
     height: a blue car body around a blue plate never ends, and stays out."""
-    tl, tr, br, bl = quad
-    height = (np.linalg.norm(bl - tl) + np.linalg.norm(br - tr)) / 2
-    width = (np.linalg.norm(tr - tl) + np.linalg.norm(br - bl)) / 2
+    width, height = _sides(quad)
     if height <= 0 or width <= 0 or width >= height * MAX_PLATE_ASPECT:
         return quad
     reach = (height * MAX_PLATE_ASPECT - width) / width   # each side, as a share of the width
-    wide = _expand(quad, reach, 0.0)
-    strip_w = int(round(EXTENT_STRIP_H * (1 + 2 * reach) * width / height))
-    strip, matrix = _warp_flat(frame, wide, (strip_w, EXTENT_STRIP_H), cv2.BORDER_CONSTANT)
-    a0 = int(round(strip_w * reach / (1 + 2 * reach)))
-    b0 = strip_w - a0
+    hsv, matrix, a0, b0 = _strip_beyond(frame, quad, reach)
     h_lo, h_hi, s_lo, s_hi, v_lo, v_hi = COLOR_RANGES[color]
-    hsv = cv2.cvtColor(strip, cv2.COLOR_BGR2HSV)
     inside = np.ascontiguousarray(hsv[:, a0:b0])
     own = inside[cv2.inRange(inside, (h_lo, s_lo, v_lo), (h_hi, s_hi, v_hi)) > 0]
     if len(own) < inside.shape[0] * inside.shape[1] // 10:
         return quad
     s_own, v_own = np.median(own[:, 1:], axis=0)
     lo = (h_lo, max(s_lo, int(EXTENT_SHADE * s_own)), max(v_lo, int(EXTENT_SHADE * v_own)))
-    mask = cv2.inRange(hsv, lo, (h_hi, s_hi, v_hi))
-    plate_columns = mask.mean(axis=0) >= 0.2 * 255
+    plate_columns = cv2.inRange(hsv, lo, (h_hi, s_hi, v_hi)).mean(axis=0) >= 0.2 * 255
     on_left, on_right = _colour_run(plate_columns[:a0][::-1]), _colour_run(plate_columns[b0:])
     if on_left <= 1 and on_right <= 1:
         return quad
-    left, right = a0 - on_left, b0 + on_right
+    return _strip_part(a0 - on_left, b0 + on_right, matrix)
+
+
+def _sides(quad: np.ndarray) -> tuple[float, float]:
+    """A TL TR BR BL quad's mean width and height."""
+    tl, tr, br, bl = quad
+    return (np.linalg.norm(tr - tl) + np.linalg.norm(br - bl)) / 2, (np.linalg.norm(bl - tl) + np.linalg.norm(br - tr)) / 2
+
+
+def _strip_beyond(frame: np.ndarray, quad: np.ndarray, reach: float):
+    """A strip EXTENT_STRIP_H high along the quad, `reach` of its width beyond each end, in HSV:
+    (the strip, the warp's matrix, the column the quad starts at, the column after it ends)."""
+    width, height = _sides(quad)
+    strip_w = max(2, int(round(EXTENT_STRIP_H * (1 + 2 * reach) * width / height)))
+    strip, matrix = _warp_flat(frame, _expand(quad, reach, 0.0), (strip_w, EXTENT_STRIP_H), cv2.BORDER_CONSTANT)
+    a0 = int(round(strip_w * reach / (1 + 2 * reach)))
+    hsv = cv2.cvtColor(np.ascontiguousarray(strip[..., :3]), cv2.COLOR_BGR2HSV)
+    return hsv, matrix, a0, strip_w - a0
+
+
+def _strip_part(left: int, right: int, matrix: np.ndarray) -> np.ndarray:
+    """The quad, in frame pixels, of a strip's columns left..right (_strip_beyond's `matrix`)."""
     ends = np.array([[[left, 0], [right, 0], [right, EXTENT_STRIP_H - 1], [left, EXTENT_STRIP_H - 1]]], np.float32)
     return _unflatten(ends, matrix)
 
@@ -312,11 +325,10 @@ def raise_pale_top(quad: np.ndarray) -> np.ndarray:
     there reads its province as another (synthetic frames: 46 of 100 read right, 92 grown).
     The top edge is moved up along the quad's own axis until width / height is the plate's
     (NEW_ENERGY_ASPECT); a quad no flatter than GREEN_MAX_ASPECT is left as it is."""
-    tl, tr, br, bl = quad
-    height = (np.linalg.norm(bl - tl) + np.linalg.norm(br - tr)) / 2
-    width = (np.linalg.norm(tr - tl) + np.linalg.norm(br - bl)) / 2
+    width, height = _sides(quad)
     if height <= 0 or width / height <= GREEN_MAX_ASPECT:
         return quad
+    tl, tr, br, bl = quad
     up = ((bl - tl) + (br - tr)) / 2 * (width / NEW_ENERGY_ASPECT / height - 1)
     return np.array([tl - up, tr - up, br, bl], np.float32)
 
@@ -329,25 +341,16 @@ def take_yellow_head(frame: np.ndarray, quad: np.ndarray) -> np.ndarray:
     (synthetic frames). Columns to the left count as the plate's while they keep some
     yellow (COLOR_RANGES), up to YELLOW_HEAD_REACH of the quad's width; yellow that goes on
     as far is a car body, and the quad stays."""
-    tl, tr, br, bl = quad
-    width = (np.linalg.norm(tr - tl) + np.linalg.norm(br - bl)) / 2
-    height = (np.linalg.norm(bl - tl) + np.linalg.norm(br - tr)) / 2
+    width, height = _sides(quad)
     if height <= 0 or width <= 0:
         return quad
-    across = ((tr - tl) + (br - bl)) / 2
-    wide = np.array([tl - across * YELLOW_HEAD_REACH, tr, br, bl - across * YELLOW_HEAD_REACH], np.float32)
-    strip_w = max(2, int(round(EXTENT_STRIP_H * (1 + YELLOW_HEAD_REACH) * width / height)))
-    strip, matrix = _warp_flat(frame, wide, (strip_w, EXTENT_STRIP_H), cv2.BORDER_CONSTANT)
-    a0 = int(round(strip_w * YELLOW_HEAD_REACH / (1 + YELLOW_HEAD_REACH)))
+    hsv, matrix, a0, b0 = _strip_beyond(frame, quad, YELLOW_HEAD_REACH)
     h_lo, h_hi, s_lo, s_hi, v_lo, v_hi = COLOR_RANGES["yellow"]
-    yellow = cv2.inRange(cv2.cvtColor(strip, cv2.COLOR_BGR2HSV), (h_lo, s_lo, v_lo), (h_hi, s_hi, v_hi))
-    run = _colour_run((yellow[:, :a0].mean(axis=0) >= 0.2 * 255)[::-1])
+    yellow = cv2.inRange(hsv[:, :a0], (h_lo, s_lo, v_lo), (h_hi, s_hi, v_hi))
+    run = _colour_run((yellow.mean(axis=0) >= 0.2 * 255)[::-1])
     if run <= 1:
         return quad
-    left = a0 - run
-    ends = np.array([[[left, 0], [strip_w - 1, 0], [strip_w - 1, EXTENT_STRIP_H - 1], [left, EXTENT_STRIP_H - 1]]],
-                    np.float32)
-    return _unflatten(ends, matrix)
+    return _strip_part(a0 - run, b0, matrix)
 
 
 def fit_to_text(quad: np.ndarray, block: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
