@@ -451,3 +451,12 @@ def test_a_green_quad_as_high_as_a_plate_is_not_raised():
     assert np.allclose(raised[2:], flat[2:])                  # the foot stays
     height = np.linalg.norm(raised[3] - raised[0])
     assert height == pytest.approx(300 / (480 / 140), rel=0.02)
+
+
+def test_a_green_plate_beside_yellow_that_runs_off_the_frame_is_not_lengthened_into_it():
+    """Past the frame's edge the yellow may go on, as a car body's does: it is no plate's head."""
+    scene = np.full((720, 1280, 3), 90, np.uint8)
+    cv2.rectangle(scene, (0, 300), (500, 560), (0, 200, 230), -1)
+    corners = tilted_corners(240, 420, 300, 0, aspect=480 / 140)
+    frame = scene_with(drawn_plate(bg=(60, 200, 60), ink=(20, 20, 20), size=(480, 140)), corners, scene=scene)
+    assert np.array_equal(take_yellow_head(frame, corners), corners)
