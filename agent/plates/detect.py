@@ -344,7 +344,7 @@ def take_yellow_head(frame: np.ndarray, quad: np.ndarray) -> np.ndarray:
     on: the green mask holds the rest of the plate, read without its first two characters
     (synthetic frames). Columns to the left count as the plate's while they keep some
     yellow (COLOR_RANGES), up to YELLOW_HEAD_REACH of the quad's width; yellow that goes on
-    as far is a car body, and the quad stays."""
+    as far, or off the frame, is a car body, and the quad stays."""
     width, height = _sides(quad)
     if height <= 0 or width <= 0:
         return quad
