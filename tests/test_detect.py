@@ -435,10 +435,14 @@ def test_a_large_new_energy_plate_is_found_with_its_yellow_head(monkeypatch):
     assert read_right(whole) >= max(7, read_right(headless) + 5), (read_right(whole), read_right(headless))
 
 
-def test_a_green_plate_on_a_yellow_car_is_not_lengthened_into_the_car():
+@pytest.mark.parametrize("car,plate_x", [((150, 150, 1130, 650), 640),   # a yellow car around it
+                                         ((0, 300, 500, 560), 240)])     # yellow that runs off the frame
+def test_a_green_plate_on_a_yellow_car_is_not_lengthened_into_the_car(car, plate_x):
+    """Yellow that goes on past the head's reach, or past the frame's edge (where it may go on),
+    is a car body's, not a large new-energy plate's head."""
     scene = np.full((720, 1280, 3), 90, np.uint8)
-    cv2.rectangle(scene, (150, 150), (1130, 650), (0, 200, 230), -1)
-    corners = tilted_corners(640, 420, 300, 0, aspect=480 / 140)
+    cv2.rectangle(scene, car[:2], car[2:], (0, 200, 230), -1)
+    corners = tilted_corners(plate_x, 420, 300, 0, aspect=480 / 140)
     frame = scene_with(drawn_plate(bg=(60, 200, 60), ink=(20, 20, 20), size=(480, 140)), corners, scene=scene)
     assert np.array_equal(take_yellow_head(frame, corners), corners)
 
@@ -452,11 +456,3 @@ def test_a_green_quad_as_high_as_a_plate_is_not_raised():
     height = np.linalg.norm(raised[3] - raised[0])
     assert height == pytest.approx(300 / (480 / 140), rel=0.02)
 
-
-def test_a_green_plate_beside_yellow_that_runs_off_the_frame_is_not_lengthened_into_it():
-    """Past the frame's edge the yellow may go on, as a car body's does: it is no plate's head."""
-    scene = np.full((720, 1280, 3), 90, np.uint8)
-    cv2.rectangle(scene, (0, 300), (500, 560), (0, 200, 230), -1)
-    corners = tilted_corners(240, 420, 300, 0, aspect=480 / 140)
-    frame = scene_with(drawn_plate(bg=(60, 200, 60), ink=(20, 20, 20), size=(480, 140)), corners, scene=scene)
-    assert np.array_equal(take_yellow_head(frame, corners), corners)
