@@ -88,6 +88,11 @@ class PlateRead:
     """The crop's colour (agent.plates.color), "" for a grey crop: a green plate's read must have
     a new-energy plate's 8 characters to be valid (agent.platecodes.is_valid)."""
 
+    @property
+    def valid(self) -> bool:
+        """The text fits the plate grammar of its colour."""
+        return is_valid(self.text, self.color)
+
 
 def check_manifest(model_dir: Path = MODEL_DIR, names=None) -> dict:
     """Verify the sha256 of each shipped file against manifest.json; raise naming the bad file."""
@@ -274,7 +279,7 @@ def fit_to_grammar(logits: np.ndarray, max_gap: float = GRAMMAR_MAX_GAP, min_cha
 
 
 def needs_refit(read: PlateRead) -> bool:
-    return not is_valid(read.text, read.color) and len(read.text) in GRAMMAR_FIT_LENGTHS
+    return not read.valid and len(read.text) in GRAMMAR_FIT_LENGTHS
 
 
 def refit(read: PlateRead, logits: np.ndarray) -> PlateRead:
@@ -288,7 +293,7 @@ def refit(read: PlateRead, logits: np.ndarray) -> PlateRead:
 
 def is_sure_plate(read: PlateRead) -> bool:
     """A read that fits the plate grammar with every character at SECOND_OPINION_BELOW or surer."""
-    return is_valid(read.text, read.color) and min(read.char_confidences, default=0.0) >= SECOND_OPINION_BELOW
+    return read.valid and min(read.char_confidences, default=0.0) >= SECOND_OPINION_BELOW
 
 
 LOOSE_CROP_DETECTOR = Detector(max_plates=2)   # the pipeline's detector (thread-safe: no state between calls)
@@ -321,8 +326,7 @@ class Recognizer:
             return read
         for found in plates_in(crop_bgr):
             candidate = self.read_as_is(found)
-            if is_valid(candidate.text, candidate.color) and (
-                    not is_valid(read.text, read.color) or candidate.confidence > read.confidence):
+            if candidate.valid and (not read.valid or candidate.confidence > read.confidence):
                 read = candidate
         return read
 
@@ -341,7 +345,7 @@ class Recognizer:
         images = np.stack([preprocess(light_on_dark(grey, color), r) for r in layouts])
         decoded, logits = self._infer(images)
         reads = [PlateRead(normalise(t), c, cc, r, color=color) for (t, c, cc), r in zip(decoded, layouts)]
-        best = max(reads, key=lambda r: (is_valid(r.text, color), r.confidence))
+        best = max(reads, key=lambda r: (r.valid, r.confidence))
         i = layouts.index(best.rows)
         output = logits[i] if logits is not None else self._logits(images[i:i + 1])[0]
         if needs_refit(best):
