@@ -279,7 +279,7 @@ def extend_to_colour(frame: np.ndarray, quad: np.ndarray, color: str) -> np.ndar
     if height <= 0 or width <= 0 or width >= height * MAX_PLATE_ASPECT:
         return quad
     reach = (height * MAX_PLATE_ASPECT - width) / width   # each side, as a share of the width
-    hsv, matrix, a0, b0, _ = _strip_beyond(frame, quad, reach)
+    hsv, matrix, a0, b0 = _strip_beyond(frame, quad, reach)
     h_lo, h_hi, s_lo, s_hi, v_lo, v_hi = COLOR_RANGES[color]
     inside = np.ascontiguousarray(hsv[:, a0:b0])
     own = inside[cv2.inRange(inside, (h_lo, s_lo, v_lo), (h_hi, s_hi, v_hi)) > 0]
@@ -302,17 +302,21 @@ def _sides(quad: np.ndarray) -> tuple[float, float]:
 
 def _strip_beyond(frame: np.ndarray, quad: np.ndarray, reach: float):
     """A strip EXTENT_STRIP_H high along the quad, `reach` of its width beyond each end, in HSV:
-    (the strip, the warp's matrix, the column the quad starts at, the column after it ends,
-    which columns lie past the frame's edge)."""
+    (the strip, the warp's matrix, the column the quad starts at, the column after it ends)."""
     width, height = _sides(quad)
     strip_w = max(2, int(round(EXTENT_STRIP_H * (1 + 2 * reach) * width / height)))
     strip, matrix = _warp_flat(frame, _expand(quad, reach, 0.0), (strip_w, EXTENT_STRIP_H), cv2.BORDER_CONSTANT)
     a0 = int(round(strip_w * reach / (1 + 2 * reach)))
     hsv = cv2.cvtColor(np.ascontiguousarray(strip[..., :3]), cv2.COLOR_BGR2HSV)
-    middles = np.float32([[[x, (EXTENT_STRIP_H - 1) / 2] for x in range(strip_w)]])
+    return hsv, matrix, a0, strip_w - a0
+
+
+def _past_edge(frame: np.ndarray, matrix: np.ndarray, columns: int) -> np.ndarray:
+    """Which of a strip's first `columns` (_strip_beyond's `matrix`) lie past the frame's edge."""
+    middles = np.stack([np.arange(columns, dtype=np.float32),
+                        np.full(columns, (EXTENT_STRIP_H - 1) / 2, np.float32)], axis=1)[None]
     xs, ys = _unflatten(middles, matrix).T
-    past_edge = (xs < 0) | (ys < 0) | (xs > frame.shape[1] - 1) | (ys > frame.shape[0] - 1)
-    return hsv, matrix, a0, strip_w - a0, past_edge
+    return (xs < 0) | (ys < 0) | (xs > frame.shape[1] - 1) | (ys > frame.shape[0] - 1)
 
 
 def _strip_part(left: int, right: int, matrix: np.ndarray) -> np.ndarray:
@@ -348,11 +352,11 @@ def take_yellow_head(frame: np.ndarray, quad: np.ndarray) -> np.ndarray:
     width, height = _sides(quad)
     if height <= 0 or width <= 0:
         return quad
-    hsv, matrix, a0, b0, past_edge = _strip_beyond(frame, quad, YELLOW_HEAD_REACH)
+    hsv, matrix, a0, b0 = _strip_beyond(frame, quad, YELLOW_HEAD_REACH)
     h_lo, h_hi, s_lo, s_hi, v_lo, v_hi = COLOR_RANGES["yellow"]
     yellow = cv2.inRange(hsv[:, :a0], (h_lo, s_lo, v_lo), (h_hi, s_hi, v_hi))
     # yellow that reaches the frame's edge may go on past it, as a car body's does
-    run = _colour_run(((yellow.mean(axis=0) >= 0.2 * 255) | past_edge[:a0])[::-1])
+    run = _colour_run(((yellow.mean(axis=0) >= 0.2 * 255) | _past_edge(frame, matrix, a0))[::-1])
     if run <= 1:
         return quad
     return _strip_part(a0 - run, b0, matrix)
