@@ -139,7 +139,7 @@ class Drill:
 # --- the panel ---------------------------------------------------------------------
 
 class Button:
-    """One alarm button's state; touched by the edge thread and the panel's timer thread."""
+    """One alarm button's state; touched by the edge thread and the panel's store worker."""
 
     def __init__(self, spec, contact):
         self.spec = spec
@@ -187,36 +187,45 @@ class AlarmPanel:
         self._stop = threading.Event()
         self._wake_sender = threading.Event()
         self._to_store: queue.SimpleQueue = queue.SimpleQueue()
-        """(button, record) of each press, for the store worker to write."""
+        """The record of each press, for the store worker to write."""
         self._thread: threading.Thread | None = None
         self._sender: threading.Thread | None = None
         self._next_drill_refresh = 0.0
         self._drill_shown: tuple | None = None
         self._round_error: str | None = None
         self._send_error: str | None = None
-        self._thread_local = threading.local()
 
     # --- lifecycle ---
 
     def start(self) -> None:
         self._stop = threading.Event()  # a worker left in a stalled write by stop() ends with its own
         self._round_error = self._send_error = None
+        # each start's own queue (a worker stopped mid-write keeps its own), made before the
+        # buttons are attached: a press while they are is written, and sent from memory by the
+        # sender started here, even if attaching waits on a stalled card
+        self._to_store = queue.SimpleQueue()
+        with self._lock:
+            left = [record for record, _ in self._writing.values()]
+            self._writing = {record.uuid: (record, time.monotonic()) for record in left}
+        for record in left:     # pressed while the last stop() ended: written now
+            self._to_store.put(record)
+        self._sender = threading.Thread(target=self._send_loop, args=(self._stop,),
+                                        name="alarm-sender", daemon=True)
+        self._sender.start()
         self.pins = self.open_pins()
         try:
             self._open()
         except Exception:
+            self._stop.set()
+            self._wake_sender.set()
             self.pins.close()
             self.pins, self.buttons = None, []
             raise
         self.bus.subscribe(topics.DRILL, self._on_drill)
         self.bus.subscribe(topics.ALARM_SENT_FROM_MEMORY, self._on_sent_from_memory)
         self.store.sent_listeners.append(self._on_sent)
-        self._sender = threading.Thread(target=self._send_loop, args=(self._stop,),
-                                        name="alarm-sender", daemon=True)
-        self._to_store = queue.SimpleQueue()   # each start's own: a worker stopped mid-write keeps its own
         self._thread = threading.Thread(target=self._run, args=(self._stop, self._to_store),
                                         name="alarm-store", daemon=True)
-        self._sender.start()
         self._thread.start()
 
     def _open(self) -> None:
@@ -265,10 +274,15 @@ class AlarmPanel:
         for thread in (self._sender, self._thread):
             if thread and thread is not threading.current_thread():
                 thread.join(timeout=STOP_JOIN_S)
-        if self._thread and self._thread.is_alive():
+        worker_stuck = bool(self._thread and self._thread.is_alive())
+        if worker_stuck:
             log.warning("alarm store worker still in a store write after %.0f s (a stalled card?): "
                         "it ends when the write returns", STOP_JOIN_S)
         self._thread = self._sender = None
+        for button in self.buttons:
+            button.contact.when_changed = None
+        if not worker_stuck:
+            self._write_late_presses()
         self.bus.unsubscribe(topics.DRILL, self._on_drill)
         self.bus.unsubscribe(topics.ALARM_SENT_FROM_MEMORY, self._on_sent_from_memory)
         if self._on_sent in self.store.sent_listeners:
@@ -281,6 +295,15 @@ class AlarmPanel:
             self.pins = None
         self.buttons = []
 
+    def _write_late_presses(self) -> None:
+        """Alarms pressed after the store worker emptied its queue and before the buttons were
+        let go, written here (stop may wait for a disk); refused, they stay with the retries
+        of the next start."""
+        with self._lock:
+            late = [record for record, _ in self._writing.values()]
+        for record in late:
+            self._write_alarm(record)
+
     def health(self) -> dict:
         if self.pins is None:
             return {"state": "stopped", "detail": ""}
@@ -291,6 +314,10 @@ class AlarmPanel:
         problems += [error for error in (self._round_error, self._send_error) if error]
         with self._lock:
             unstored = list(self._unstored)
+            held_up = sum(time.monotonic() - started >= WRITE_STALL_S for _, started in self._writing.values())
+        if held_up:
+            problems.append(f"{held_up} alarm write(s) held up by the store for over {WRITE_STALL_S} s "
+                            "(sent from memory meanwhile)")
         if unstored:
             confirmed = sum(r.uuid in self._sent_from_memory for r in unstored)
             problems.append(f"{len(unstored)} alarm(s) not stored yet "
@@ -305,7 +332,7 @@ class AlarmPanel:
 
     def on_edge(self, button: Button, closed: bool, at: float) -> None:
         """A raw edge of a button's contact (gpiozero's thread): a new press sounds the siren,
-        then is stored (outside the button's lock: the timer thread never waits for a disk)."""
+        then is handed to the store worker (the edge thread never waits for a disk)."""
         pressed = closed if button.wiring == "no" else not closed
         with button.lock:
             if pressed != button.raw_pressed:
@@ -319,26 +346,25 @@ class AlarmPanel:
                 log.critical("ALARM from button %s (%s) LOST: no record could be made: %s",
                              button.name, button.location, exc)
                 return
-        self._store_alarm(button, record)
+        self._hand_over(record)
 
-    def _store_alarm(self, button: Button, record) -> None:
+    def _hand_over(self, record) -> None:
         """Hand the alarm to the store worker (the edge thread never waits for a disk); the
         sender, woken here, sends it from memory should its write not commit in WRITE_STALL_S."""
         self._unacked.add(record.uuid)
         with self._lock:
             self._writing[record.uuid] = (record, time.monotonic())
-        self._to_store.put((button, record))
+        self._to_store.put(record)
         self._wake_sender.set()
 
-    def _write_alarm(self, button: Button, record) -> None:
-        """On the store worker: the alarm into the store, or, refused, kept for the retries and
-        the sender."""
+    def _write_alarm(self, record) -> None:
+        """The alarm into the store, or, refused, kept for the retries and the sender."""
+        where = f"button {record.data['button']} ({record.data['location']})"
         try:
-            self._no_checkpoints_here()
             self.store.put(record)
         except Exception as exc:
-            log.critical("ALARM from button %s (%s) NOT STORED (%s): sending %s from memory, "
-                         "retrying the store", button.name, button.location, exc, record.uuid)
+            log.critical("ALARM from %s NOT STORED (%s): sending %s from memory, retrying the store",
+                         where, exc, record.uuid)
             with self._lock:
                 self._writing.pop(record.uuid, None)
                 self._unstored.append(record)
@@ -347,20 +373,16 @@ class AlarmPanel:
         with self._lock:
             self._writing.pop(record.uuid, None)
         self._sent_from_memory.discard(record.uuid)
-        log.warning("ALARM: button %s (%s)%s stored as %s", button.name, button.location,
-                    " [drill]" if record.data["drill"] else "", record.uuid)
+        log.warning("ALARM: %s%s stored as %s", where, " [drill]" if record.data["drill"] else "", record.uuid)
 
     def _no_checkpoints_here(self) -> None:
         """The store worker's connection never runs a WAL checkpoint: an alarm commit must not
         pay for copying pages another subsystem (a purge, a burst of reads) wrote. The other
         connections keep SQLite's automatic checkpoints."""
-        db = self.store.db
-        if getattr(self._thread_local, "prepared", None) is not db:
-            try:
-                db.execute("PRAGMA wal_autocheckpoint = 0")
-            except Exception as exc:  # a nicety: never let it stop the alarm
-                log.warning("cannot turn off checkpoints on the alarm's connection: %s", exc)
-            self._thread_local.prepared = db
+        try:
+            self.store.db.execute("PRAGMA wal_autocheckpoint = 0")
+        except Exception as exc:  # a nicety: never let it stop the alarm
+            log.warning("cannot turn off checkpoints on the alarm's connection: %s", exc)
 
     def _alarm_record(self, button: Button, at: float):
         wall = time.time()
@@ -474,6 +496,7 @@ class AlarmPanel:
         every TICK_S: a failed round (a tamper record the store refused, say) is logged and
         shown as degraded, never a reason to take the buttons down. Alarms handed to it before
         the stop are written before it ends."""
+        self._no_checkpoints_here()
         next_round = time.monotonic() + TICK_S
         while True:
             try:
@@ -481,7 +504,7 @@ class AlarmPanel:
             except queue.Empty:
                 alarm = None
             if alarm is not None:
-                self._write_alarm(*alarm)
+                self._write_alarm(alarm)
             if stop.is_set():
                 break
             if time.monotonic() >= next_round:
@@ -490,7 +513,7 @@ class AlarmPanel:
         while not to_store.empty():
             alarm = to_store.get()
             if alarm is not None:
-                self._write_alarm(*alarm)
+                self._write_alarm(alarm)
 
     def _round(self) -> None:
         try:

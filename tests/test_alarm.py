@@ -527,3 +527,50 @@ def test_distinct_presses_are_counted_exactly(holds_and_releases):
         detector.edge(False, t)
         t += released
     assert counted == len(holds_and_releases)
+
+
+def test_a_press_while_the_buttons_are_being_attached_is_stored(config_file, factory, monkeypatch):
+    """Attaching reads and writes the drill state, seconds on a stalled card: a press meanwhile
+    must reach the store worker of this start, not a queue no worker reads."""
+    real_refresh, pressed = Drill.refresh, []
+
+    def refresh_with_a_press(drill, *args, **kwargs):
+        if not pressed:
+            pressed.append(True)
+            press(factory)
+        return real_refresh(drill, *args, **kwargs)
+    monkeypatch.setattr(Drill, "refresh", refresh_with_a_press)
+    gate = make_gate(config_file(ALARM), factory)
+    gate.start()
+    try:
+        assert pressed
+        (alarm,) = wait_for(lambda: alarms(gate), what="the alarm pressed while attaching")
+        assert alarm.data["button"] == "b1"
+        wait_for(lambda: subsystem(gate, "alarm").health()["state"] == "ok")
+    finally:
+        gate.stop()
+
+
+def test_a_press_after_the_store_worker_ended_is_stored_by_stop(config_file, factory):
+    """The buttons stay attached until stop() lets them go: a press after the worker emptied
+    its queue is written by stop itself, not left in memory as the process ends."""
+    gate = make_gate(config_file(ALARM), factory)
+    gate.start()
+    panel = subsystem(gate, "alarm")
+    panel._stop.set()
+    panel._to_store.put(None)
+    panel._thread.join(5)
+    press(factory)                       # its worker is gone
+    path = gate.store.path
+    gate.stop()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT count(*) FROM records WHERE kind = 'alarm'").fetchone() == (1,)
+
+
+def test_an_alarm_write_held_up_shows_in_health(gate, factory):
+    with card_stalled(gate.store.path):
+        press(factory)
+        health = wait_for(lambda: "held up" in subsystem(gate, "alarm").health()["detail"]
+                          and subsystem(gate, "alarm").health(), 3, "the held-up write in health")
+        assert health["state"] == "degraded"
+    wait_for(lambda: subsystem(gate, "alarm").health()["state"] == "ok", 10)
