@@ -19,8 +19,9 @@ from the outbox, with its `seq` (the platform de-duplicates by UUID).
 Two threads of the panel's own keep the disk away from the rest: the sender
 ("alarm-sender", woken by each press) hands alarms to the sync from memory and
 switches the siren and ack lamp off; it never touches the store. The store
-worker ("alarm-store") does every write: new alarms first, then the retries,
-tamper records, drill state. A stalled card can hold one of its writes for the
+worker ("alarm-store") writes the new alarms first, then the retries, tamper
+records and the drill state's refresh (a drill command from the platform is written
+on the thread that delivers it, the sync's downlink). A stalled card can hold one of its writes for the
 SQLite busy timeout; neither the next edge nor the memory send of a new press
 waits behind it.
 
