@@ -29,7 +29,7 @@ from pathlib import Path
 
 from agent.records import KINDS
 from agent.sqlite_pages import WAL_HEADER_SIZE, Row, Scan, scan_rows, wal_header_sound
-from agent.sqlite_threads import is_damage
+from agent.sqlite_threads import is_damage, sqlite_error_is
 
 CHUNK = 512
 REFUSED_SHOWN = 20
@@ -343,7 +343,7 @@ def _readable(conn: sqlite3.Connection, sql: str, last: int, bad: list[int]):
                 rows = conn.execute(sql, (first, end)).fetchall()
             except sqlite3.DatabaseError as exc:
                 _raise_if_not_now(exc)
-                if not (is_damage(exc) or _matches(exc, PAGES_UNREADABLE)):
+                if not (is_damage(exc) or sqlite_error_is(exc, PAGES_UNREADABLE)):
                     raise SalvageError(f"SQLite cannot read the store's tables: {exc}") from None
                 if first == end:
                     bad.append(first)
@@ -355,14 +355,8 @@ def _readable(conn: sqlite3.Connection, sql: str, last: int, bad: list[int]):
 
 
 def _raise_if_not_now(exc: sqlite3.Error) -> None:
-    if _matches(exc, NOT_NOW) and not _matches(exc, PAGES_UNREADABLE):
+    if sqlite_error_is(exc, NOT_NOW) and not sqlite_error_is(exc, PAGES_UNREADABLE):
         raise SalvageRetry(str(exc)) from None
-
-
-def _matches(exc: sqlite3.Error, names: tuple[str, ...]) -> bool:
-    """Whether SQLite's error is one of `names`, or an extended code of one."""
-    name = getattr(exc, "sqlite_errorname", "")
-    return any(name == n or name.startswith(n + "_") for n in names)
 
 
 def _ranges(numbers: list[int]) -> list[tuple[int, int]]:

@@ -23,7 +23,14 @@ def is_damage(exc: sqlite3.Error) -> bool:
     Found by SQLite itself, never by reading the file beside it: closing any other
     descriptor of a database file drops the POSIX locks this process's
     connections hold on it, and a live database can then be damaged."""
-    return getattr(exc, "sqlite_errorname", "") in DAMAGE_ERRORS
+    return sqlite_error_is(exc, DAMAGE_ERRORS)
+
+
+def sqlite_error_is(exc: sqlite3.Error, names: tuple[str, ...]) -> bool:
+    """Whether SQLite's error is one of `names`, or an extended code of one (a corrupt index
+    is SQLITE_CORRUPT_INDEX, a short read SQLITE_IOERR_SHORT_READ)."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return any(name == n or name.startswith(n + "_") for n in names)
 
 
 def damage_before_opening(path: Path) -> str:

@@ -7,8 +7,11 @@ import os
 import shutil
 import sqlite3
 
+import pytest
+
 from agent.salvage import read_unsent
 from agent.sqlite_pages import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, Scan, scan_rows
+from agent.sqlite_threads import is_damage
 from damage import PAGE, fill_with_badge_reads, garbage
 
 
@@ -65,3 +68,15 @@ def test_the_scan_goes_on_past_a_wal_frame_the_card_cannot_read(tmp_path, monkey
     assert failed and scan.broken == 1 and "1 broken or unreadable" in scan.wal
     assert "row-19" in values                            # committed after the broken frame
 
+
+
+@pytest.mark.parametrize("name,damage", [("SQLITE_CORRUPT", True), ("SQLITE_CORRUPT_INDEX", True),
+                                         ("SQLITE_CORRUPT_VTAB", True), ("SQLITE_NOTADB", True),
+                                         ("SQLITE_BUSY", False), ("SQLITE_IOERR_READ", False),
+                                         ("SQLITE_CORRUPTED", False)])
+def test_damage_is_known_by_sqlites_extended_codes_too(name, damage):
+    """Python names the extended code (a corrupt index is SQLITE_CORRUPT_INDEX): it is damage
+    as much as SQLITE_CORRUPT is."""
+    exc = sqlite3.DatabaseError("database disk image is malformed")
+    exc.sqlite_errorname = name
+    assert is_damage(exc) is damage
