@@ -112,18 +112,23 @@ class Housekeeping:
     def requeue_set_aside(self) -> None:
         """Once per file: what each gate.db set aside as damaged still holds unsent goes back
         into the outbox, so a damaged card costs only the rows on its damaged pages."""
-        self._requeue_waits = ""
+        waits = []
         try:
             done = self.store.requeued()
-            for path in damaged_files(self.store.dir):
-                if path.name.startswith("gate.db.") and path.name not in done:
-                    self._requeue(path)
-        except (SalvageRetry, StoreError, OSError, sqlite3.Error) as exc:
-            log.warning("requeue of a damaged store waits (tried again at the next purge): %s", exc)
-            self._requeue_waits = f"requeue waits: {exc}"
-        except Exception as exc:   # never a reason to stop the health records and the purge
-            log.exception("requeue of a damaged store failed (tried again at the next start)")
-            self._state = {"state": DEGRADED, "detail": f"requeue failed: {exc}"}
+            todo = [path for path in damaged_files(self.store.dir)
+                    if path.name.startswith("gate.db.") and path.name not in done]
+        except (StoreError, OSError, sqlite3.Error) as exc:
+            todo, waits = [], [str(exc)]
+        for path in todo:          # one that waits keeps no other waiting
+            try:
+                self._requeue(path)
+            except (SalvageRetry, StoreError, OSError, sqlite3.Error) as exc:
+                log.warning("requeue of %s waits (tried again at the next purge): %s", path.name, exc)
+                waits.append(str(exc))
+            except Exception as exc:   # never a reason to stop the health records and the purge
+                log.exception("requeue of %s failed (tried again at the next start)", path.name)
+                self._state = {"state": DEGRADED, "detail": f"requeue failed: {exc}"}
+        self._requeue_waits = f"requeue waits: {'; '.join(waits)}" if waits else ""
 
     def _requeue(self, path) -> None:
         """Requeue one file, counting the reading begun until it ends, whichever way: only a

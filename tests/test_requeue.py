@@ -395,6 +395,21 @@ def test_a_set_aside_store_locked_just_now_is_read_once_it_is_free(config, old_s
         store.close()
 
 
+def test_a_set_aside_store_locked_just_now_keeps_no_other_waiting(config, old_store):
+    from agent.housekeeping import Housekeeping
+    other = old_store["path"].with_name("gate.db.damaged-20991231T000000Z")   # read after the locked one
+    shutil.copy(old_store["path"], other)
+    store = open_store(config, Sealer(load_key(config.privacy.key_file)))
+    housekeeping = Housekeeping(store, health_interval_s=60)
+    try:
+        with locked(old_store["path"]):
+            housekeeping.requeue_set_aside()
+        assert set(store.requeued()) == {other.name}
+        assert "requeue waits" in housekeeping.health()["detail"]
+    finally:
+        store.close()
+
+
 def test_a_set_aside_store_whose_reading_never_finished_is_left_alone(config, old_store):
     """Three starts that stopped while reading it (the card failing under the read): the fourth
     leaves it for the operators instead of reading it, and the agent stopping, again."""
