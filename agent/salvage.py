@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.records import KINDS
-from agent.sqlite_pages import WAL_HEADER_SIZE, Row, Scan, scan_rows, wal_header_sound
+from agent.sqlite_pages import Row, Scan, scan_rows, wal_header_damaged
 from agent.sqlite_threads import is_damage, sqlite_error_is
 
 CHUNK = 512
@@ -230,13 +230,9 @@ class _WalCopies:
 
 def _wal_header_damaged(path: Path) -> bool:
     try:
-        with open(path.with_name(path.name + "-wal"), "rb") as f:
-            head = f.read(WAL_HEADER_SIZE)
-    except FileNotFoundError:
-        return False
-    except OSError:
+        return wal_header_damaged(path)
+    except OSError:   # a WAL that cannot be read is read page by page, as far as it can be
         return True
-    return len(head) == WAL_HEADER_SIZE and not wal_header_sound(head)
 
 
 def _wal_copies(path: Path) -> _WalCopies:

@@ -170,6 +170,18 @@ def wal_header_sound(head: bytes) -> bool:
             and wal_checksum(head[:24], order) == _stored_checksum(head[24:32]))
 
 
+def wal_header_damaged(database: Path) -> bool:
+    """Whether the WAL beside `database` has a whole header that does not check (SQLite takes
+    such a WAL as empty); False with no WAL or a shorter one. Read without SQLite (which locks
+    the database and the -shm, never the -wal); an OSError other than no WAL is raised."""
+    try:
+        with open(Path(database).with_name(Path(database).name + "-wal"), "rb") as f:
+            head = f.read(WAL_HEADER_SIZE)
+    except FileNotFoundError:
+        return False
+    return len(head) == WAL_HEADER_SIZE and not wal_header_sound(head)
+
+
 def wal_checksum(data: bytes, order: str, seed: tuple[int, int] = (0, 0)) -> tuple[int, int]:
     """SQLite's WAL checksum of `data` (a multiple of 8 bytes), words in `order`, from `seed`."""
     words = struct.unpack(f"{'<' if order == 'little' else '>'}{len(data) // 4}I", data)

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from agent.sqlite_pages import wal_header_sound
+from agent.sqlite_pages import wal_header_damaged
 
 # What SQLite says of a file that is not (or no longer) a database.
 DAMAGE_ERRORS = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
@@ -43,14 +43,8 @@ def damage_before_opening(path: Path) -> str:
     gone before the file could be set aside. A read-only connection leaves both as they are;
     the WAL's header (a SQLite-less read: SQLite locks the database and the -shm, never the
     -wal) is checked against its own checksum."""
-    wal = path.with_name(path.name + "-wal")
-    try:
-        with open(wal, "rb") as f:
-            head = f.read(32)
-    except FileNotFoundError:
-        head = b""
-    if len(head) == 32 and not wal_header_sound(head):
-        return f"its write-ahead log {wal.name} is damaged (header)"
+    if wal_header_damaged(path):
+        return f"its write-ahead log {path.name}-wal is damaged (header)"
     if not path.exists():
         return ""
     try:
