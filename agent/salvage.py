@@ -96,7 +96,7 @@ def read_unsent(path: Path) -> Salvage:
     except SalvageRetry as exc:
         raise SalvageRetry(f"SQLite cannot read {path} just now ({exc}): nothing is lost, "
                            "read it again later") from None
-    return _scanned(path, unreadable)   # with no connection open on the file
+    return _scanned(path, unreadable, wal)   # with no connection open on the file
 
 
 def _through_sqlite(path: Path, wal: "_WalCopies | None") -> Salvage:
@@ -242,12 +242,16 @@ def _wal_copies(path: Path) -> _WalCopies:
     return wal
 
 
-def _scanned(path: Path, why: str) -> Salvage:
-    """The unsent records and images found by reading the file's pages and its WAL's."""
+def _scanned(path: Path, why: str, wal: "_WalCopies | None" = None) -> Salvage:
+    """The unsent records and images found by reading the file's pages and its WAL's (`wal`:
+    the WAL already read page by page, its header being damaged)."""
     scan = Scan(0)
-    copies = _Copies()
-    for row in scan_rows(path, scan):
+    copies = wal.copies if wal else _Copies()
+    for row in scan_rows(path, scan, wal=wal is None):
         copies.add(row)
+    if wal:
+        scan.pages, scan.leaves = scan.pages + wal.scan.pages, scan.leaves + wal.scan.leaves
+        scan.broken, scan.wal = scan.broken + wal.scan.broken, wal.scan.wal
     if not copies:
         raise SalvageError(f"nothing can be read from {path}: {why}; and none of its {scan.pages} "
                            f"page(s) holds a row of the store")

@@ -65,20 +65,26 @@ class Row(NamedTuple):
     file and than the copies in the frames before it."""
 
 
-def scan_rows(path: Path, scan: Scan | None = None, *, database: bool = True) -> Iterator[Row]:
+def scan_rows(path: Path, scan: Scan | None = None, *, database: bool = True,
+              wal: bool = True) -> Iterator[Row]:
     """Every cell on every table leaf page of the database at `path` (unless not `database`)
-    and of the committed frames of its `-wal`, the file's first, then the WAL's in order."""
+    and of the committed frames of its `-wal` (unless not `wal`: already read), the file's
+    first, then the WAL's in order."""
     path = Path(path)
     with _File.opened(path) as data, _File.opened(path.with_name(path.name + "-wal")) as wal_file:
         page_size = _page_size(data.head(100), wal_file.head(WAL_HEADER_SIZE))
         scan = scan if scan is not None else Scan(page_size)
         scan.page_size = page_size
-        wal = _Wal.read(wal_file, page_size)
-        scan.wal, scan.broken = wal.note, scan.broken + wal.broken
+        frames = _Wal.read(wal_file, page_size) if wal else None
+        if frames is not None:
+            scan.wal, scan.broken = frames.note, scan.broken + frames.broken
         if database:
             for number in range(1, data.size // page_size + 1):
                 yield from _leaf_rows(scan, lambda n=number: data.page(n, page_size), number, 0,
                                       lambda n: data.page(n, page_size))
+        if frames is None:
+            return
+        wal = frames
         for frame in wal.frames:
             yield from _leaf_rows(scan, lambda f=frame: wal.page(f.number), frame.page, frame.number,
                                   lambda n, f=frame: wal.page_as_of(n, f.commit, data))

@@ -283,6 +283,32 @@ def test_the_wal_of_a_store_set_aside_for_its_damaged_wal_header_is_read_too(con
     assert any("its WAL's header is damaged" in line for line in describe_read(salvage))
 
 
+def test_a_damaged_wal_header_and_page_one_gone_read_the_wal_once(config, monkeypatch):
+    """SQLite can read neither: the file goes page by page, and the WAL, already read page by
+    page for its header, is not read again; every unsent record comes back."""
+    import agent.sqlite_pages as pages
+    store = open_store(config, Sealer(load_key(config.privacy.key_file)))
+    checkpointed = faults_in_one_transaction(store, 300)
+    store.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    recent = [store.add("badge_read", {"reader": "badge1", "format": "wiegand26", "badge": str(n)})
+              for n in range(50)]
+    cut = power_cut_copy(config)
+    store.close()
+    with open(cut.with_name("cut.db-wal"), "r+b") as f:
+        f.seek(31)
+        last = f.read(1)
+        f.seek(31)
+        f.write(bytes([last[0] ^ 0xFF]))                              # the header's checksum
+    garble_first_page(cut)
+    wal_reads = []
+    real_read = pages._Wal.read
+    monkeypatch.setattr(pages._Wal, "read", staticmethod(lambda *a: wal_reads.append(1) or real_read(*a)))
+    salvage = read_unsent(cut)
+    assert "read page by page" in salvage.scanned and "its header is damaged" in salvage.scanned
+    assert [row[0] for row in salvage.records] == [r.uuid for r in checkpointed + recent]
+    assert len(wal_reads) == 1
+
+
 def test_records_put_back_in_the_outbox_after_a_checkpoint_are_unsent(config):
     """The platform's resend sets sent_at back to NULL: the WAL's newer copy says unsent,
     though the file's own pages say confirmed."""
