@@ -29,6 +29,8 @@ from agent.supervisor import DEGRADED, FAULT, OK, STARTING, STOPPED
 log = logging.getLogger("gate.housekeeping")
 
 PURGE_INTERVAL_S = 600.0
+STOP_JOIN_S = 5.0
+"""How long stop() waits for the housekeeping thread (a purge, a slow read of a set-aside file)."""
 REQUEUE_ATTEMPTS_KEY = "requeue_attempts"
 REQUEUE_MAX_ATTEMPTS = 3
 """Readings of one set-aside file begun and never finished (the agent stopped while reading
@@ -69,6 +71,8 @@ class Housekeeping:
         """Set once the damaged stores set aside have been requeued (or found done before)."""
         self._requeue_waits = ""
         """Why the requeue of a set-aside store waits for the next purge ("" when it does not)."""
+        self._reading: str | None = None
+        """The set-aside file being read just now (its reading counted begun)."""
 
     def start(self) -> None:
         self._stop.clear()
@@ -79,7 +83,13 @@ class Housekeeping:
     def stop(self) -> None:
         self._stop.set()
         if self._thread:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=STOP_JOIN_S)
+            reading = self._reading
+            if self._thread.is_alive() and reading:
+                # stopped on purpose in the middle of a slow read: no sign the reading kills the
+                # agent, so it does not count towards giving the file up
+                log.warning("stopping while %s is read: it is read again at the next start", reading)
+                self._end_reading(reading)
         self._state = {"state": STOPPED, "detail": ""}
 
     def health(self) -> dict:
@@ -135,6 +145,7 @@ class Housekeeping:
         process that dies while reading leaves it counted. What cannot be done just now (the
         file locked, the live store full) raises, for the next purge."""
         begun = self._begin_reading(path.name)
+        self._reading = path.name
         try:
             if begun > REQUEUE_MAX_ATTEMPTS:
                 problem = (f"reading it was begun {begun - 1} times and never finished (the agent "
@@ -144,6 +155,7 @@ class Housekeeping:
             else:
                 detail = self._read_and_requeue(path)
         finally:
+            self._reading = None
             self._end_reading(path.name)
         log.warning("damaged store set aside: %s", detail)
         self.store.add("fault", {"subsystem": "store", "condition": "requeued", "detail": detail})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -451,6 +452,33 @@ def test_a_set_aside_store_whose_reading_never_finished_is_left_alone(config, ol
     assert agent_requeues(config) == []
     status = run_cli("--config", config.path, "status")
     assert f"DAMAGED DATABASE SET ASIDE: {old_store['name']} (its reading never finished, begun at 3 starts" in status.stdout
+
+
+def test_a_stop_in_the_middle_of_a_slow_reading_does_not_count_it(config, old_store, monkeypatch):
+    """Stopping the agent while a failing card makes the reading slow is no sign the reading
+    kills the agent: three such stops must not give the file up."""
+    import agent.housekeeping as housekeeping_module
+    from agent.housekeeping import REQUEUE_ATTEMPTS_KEY, Housekeeping
+    reading, release = threading.Event(), threading.Event()
+
+    def slow_read(path):
+        reading.set()
+        release.wait(10)
+        raise housekeeping_module.SalvageRetry("released by the test")
+    monkeypatch.setattr(housekeeping_module, "read_unsent", slow_read)
+    monkeypatch.setattr(housekeeping_module, "STOP_JOIN_S", 0.2)
+    store = open_store(config, Sealer(load_key(config.privacy.key_file)))
+    housekeeping = Housekeeping(store, health_interval_s=60)
+    try:
+        housekeeping.start()
+        assert reading.wait(5)
+        assert store.state_get(REQUEUE_ATTEMPTS_KEY, {}) == {old_store["name"]: 1}
+        housekeeping.stop()
+        assert store.state_get(REQUEUE_ATTEMPTS_KEY, {}) == {}
+    finally:
+        release.set()
+        housekeeping._thread.join(5)
+        store.close()
 
 
 def test_a_requeue_the_live_store_cannot_take_now_waits_and_is_not_counted_as_a_crash(config, old_store,
