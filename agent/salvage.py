@@ -29,17 +29,12 @@ from pathlib import Path
 
 from agent.records import KINDS
 from agent.sqlite_pages import Row, Scan, scan_rows, wal_header_damaged
+from agent.store import IMAGE_TYPES, NUMBER, NULL, RECORD_TYPES, misfit
 from agent.sqlite_threads import is_damage, sqlite_error_is
 
 CHUNK = 512
 REFUSED_SHOWN = 20
 
-NUMBER, NULL = (int, float), type(None)
-RECORD_TYPES = {"uuid": str, "kind": str, "priority": int, "created": NUMBER, "time": str, "schema": int,
-                "body": str, "sealed": (bytes, NULL)}
-IMAGE_TYPES = {"sha256": str, "role": str, "size": int, "created": NUMBER, "record_uuid": (str, NULL)}
-"""The columns salvaged and the type of each as the store writes it (agent/store.py's schema): how
-a row of the store is known without its schema, and a salvaged row it cannot take."""
 RECORD_COLUMNS, IMAGE_COLUMNS = tuple(RECORD_TYPES), tuple(IMAGE_TYPES)
 
 PAGES_UNREADABLE = ("SQLITE_IOERR_READ", "SQLITE_IOERR_SHORT_READ")
@@ -153,18 +148,6 @@ def _read_images(conn: sqlite3.Connection, newer: dict) -> tuple[list[tuple], in
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 SHA256 = re.compile(r"[0-9a-f]{64}\Z")
-
-
-def misfit(values, types: dict) -> str:
-    """What in `values` (in the order of `types`) the store would not write there: a NULL where
-    it requires a value, or a value of another type ("" when all fit)."""
-    for value, (name, allowed) in zip(values, types.items()):
-        if isinstance(value, allowed) and not isinstance(value, bool):
-            continue
-        if value is None:
-            return f"its {name} is missing (NULL), which the store requires"
-        return f"its {name} is a {type(value).__name__}, not what the store holds there"
-    return ""
 
 
 class _Copies:

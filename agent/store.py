@@ -30,7 +30,6 @@ from cryptography.exceptions import InvalidTag
 
 from agent.privacy import Sealer
 from agent.records import KINDS, Record, new_record, split_personal
-from agent.salvage import IMAGE_TYPES, RECORD_TYPES, misfit
 from agent.sqlite_threads import ThreadConnections, damage_before_opening, is_damage, set_aside
 
 log = logging.getLogger("gate.store")
@@ -66,6 +65,27 @@ MIGRATIONS = [
     CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL NOT NULL);
     """,
 ]
+
+NUMBER, NULL = (int, float), type(None)
+RECORD_TYPES = {"uuid": str, "kind": str, "priority": int, "created": NUMBER, "time": str, "schema": int,
+                "body": str, "sealed": (bytes, NULL)}
+IMAGE_TYPES = {"sha256": str, "role": str, "size": int, "created": NUMBER, "record_uuid": (str, NULL)}
+"""The columns a damaged store's rows are read back by (agent/salvage.py) and the type of each as
+the store writes it (MIGRATIONS): how a row of the store is known without its schema, and a
+salvaged row the store cannot take (misfit)."""
+
+
+def misfit(values, types: dict) -> str:
+    """What in `values` (in the order of `types`) the store would not write there: a NULL where
+    it requires a value, or a value of another type ("" when all fit)."""
+    for value, (name, allowed) in zip(values, types.items()):
+        if isinstance(value, allowed) and not isinstance(value, bool):
+            continue
+        if value is None:
+            return f"its {name} is missing (NULL), which the store requires"
+        return f"its {name} is a {type(value).__name__}, not what the store holds there"
+    return ""
+
 
 DAMAGE_MARK = "gate.db.damage-found"
 """Written beside gate.db when SQLite reports damage while the agent runs: the next start sets
