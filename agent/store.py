@@ -242,14 +242,21 @@ class Store:
     def _write(self, sql: str, params) -> tuple | None:
         try:
             return self.db.execute(sql, params).fetchone()
-        except sqlite3.OperationalError as exc:
-            if "full" in str(exc) or "disk I/O" in str(exc):
-                self.disk_full = True
-                raise DiskFull(f"disk full writing to {self.path}: {exc}") from None
-            raise
         except sqlite3.DatabaseError as exc:
+            error = self._write_error(exc)
+            if error is exc:
+                raise
+            raise error from None
+
+    def _write_error(self, exc: BaseException) -> BaseException:
+        """What a failed write raises: DiskFull for a full disk (or an I/O error writing, which
+        on an SD card is the same to the caller), the error itself otherwise, damage noted."""
+        if isinstance(exc, sqlite3.OperationalError) and ("full" in str(exc) or "disk I/O" in str(exc)):
+            self.disk_full = True
+            return DiskFull(f"disk full writing to {self.path}: {exc}")
+        if isinstance(exc, sqlite3.DatabaseError):
             self.note_damage(exc)
-            raise
+        return exc
 
     def note_damage(self, exc: sqlite3.Error) -> None:
         """If SQLite says the file is damaged: remember it, say it once, and leave DAMAGE_MARK
@@ -504,10 +511,10 @@ class Store:
             conn.execute("COMMIT")
         except BaseException as exc:
             self._roll_back(conn)
-            if isinstance(exc, sqlite3.OperationalError) and ("full" in str(exc) or "disk I/O" in str(exc)):
-                self.disk_full = True
-                raise DiskFull(f"disk full writing to {self.path}: {exc}") from None
-            raise
+            error = self._write_error(exc)
+            if error is exc:
+                raise
+            raise error from None
         return added
 
     def _roll_back(self, conn: sqlite3.Connection) -> None:
