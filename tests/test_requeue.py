@@ -252,6 +252,15 @@ def garble_first_page(path: Path) -> None:
         f.write(os.urandom(PAGE))
 
 
+def garble_wal_header(path: Path) -> None:
+    """Flip a byte of the WAL header's checksum: SQLite then takes the WAL as empty."""
+    with open(path.with_name(path.name + "-wal"), "r+b") as f:
+        f.seek(31)
+        last = f.read(1)
+        f.seek(31)
+        f.write(bytes([last[0] ^ 0xFF]))
+
+
 def faults_in_one_transaction(store, n: int) -> list:
     store.db.conn.execute("BEGIN")
     faults = [store.add("fault", fault(i)) for i in range(n)]
@@ -271,11 +280,7 @@ def test_the_wal_of_a_store_set_aside_for_its_damaged_wal_header_is_read_too(con
               for n in range(50)]
     cut = power_cut_copy(config)
     store.close()
-    with open(cut.with_name("cut.db-wal"), "r+b") as f:
-        f.seek(31)
-        last = f.read(1)
-        f.seek(31)
-        f.write(bytes([last[0] ^ 0xFF]))                              # the header's checksum
+    garble_wal_header(cut)
     assert damage_before_opening(cut) == "its write-ahead log cut.db-wal is damaged (header)"
     salvage = read_unsent(set_aside(cut))
     assert [row[0] for row in salvage.records] == [r.uuid for r in checkpointed[150:] + recent]
@@ -295,11 +300,7 @@ def test_a_damaged_wal_header_and_page_one_gone_read_the_wal_once(config, monkey
               for n in range(50)]
     cut = power_cut_copy(config)
     store.close()
-    with open(cut.with_name("cut.db-wal"), "r+b") as f:
-        f.seek(31)
-        last = f.read(1)
-        f.seek(31)
-        f.write(bytes([last[0] ^ 0xFF]))                              # the header's checksum
+    garble_wal_header(cut)
     garble_first_page(cut)
     wal_reads = []
     real_read = pages._Wal.read
